@@ -1,0 +1,16 @@
+"""Ember: a factored, first-moment-free optimizer for token tables, for Optax."""
+
+from ember_optax._src.alias import ember, ember_adamw
+from ember_optax._src.routing import TOKEN_TABLE_NAMES, token_table_labels
+from ember_optax._src.transform import ScaleByEmberState, scale_by_ember
+
+__version__ = '0.1.0'
+
+__all__ = (
+    'ScaleByEmberState',
+    'TOKEN_TABLE_NAMES',
+    'ember',
+    'ember_adamw',
+    'scale_by_ember',
+    'token_table_labels',
+)

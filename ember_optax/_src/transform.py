@@ -1,0 +1,288 @@
+"""Ember's factored second-moment scaling, ``scale_by_ember``."""
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import jax
+from jax import lax
+import jax.numpy as jnp
+from optax._src import base, numerics
+
+from ember_optax._src import checks
+
+# Below this, the scalar statistic is treated as zero: it only guards the
+# division when every gradient so far was exactly zero.
+MIN_SCALE = 1e-30
+
+# Rows of the gradient processed per chunk by the single-pass CPU kernel: a
+# chunk of about this many bytes stays in cache while both of its reductions
+# read it, so the gradient is streamed from memory once instead of twice.
+_CHUNK_BYTES = 1 << 20
+
+
+class ScaleByEmberState(NamedTuple):
+  """State of :func:`scale_by_ember`.
+
+  For a leaf of shape ``(..., V, D)`` (leading axes are independent stacked
+  tables) ``row`` has shape ``(..., V)``, ``col`` ``(..., D)`` and ``scale``
+  ``(...)``. For a leaf of fewer than two dimensions ``row`` has the leaf's
+  shape and holds the elementwise EMA of the squared gradient, and ``col`` and
+  ``scale`` are scalar placeholders.
+  """
+
+  count: chex.Array  # Number of steps taken, shared by every leaf.
+  row: base.Updates  # EMA of the mean squared gradient of each row.
+  col: base.Updates  # EMA of the mean squared gradient of each column.
+  scale: base.Updates  # EMA of the mean squared gradient of the whole table.
+
+
+def statistics_dtype(dtype: Any) -> jnp.dtype:
+  """Float32 for low-precision parameters, float64 for float64 ones."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
+  """Statistics-dtype zeros shaped (and sharded) like ``param`` summed over ``axis``."""
+  # Going through eval_shape keeps sharding-in-types, as optax.factorized does.
+  target = jax.eval_shape(
+      lambda x: jnp.sum(x.astype(statistics_dtype(x.dtype)), axis=axis), param
+  )
+  return jnp.zeros_like(target)
+
+
+def _squared_sums_two_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Row and column sums of ``grad**2`` as two independent reductions.
+
+  Used where XLA fuses each reduction with its producer (GPU, TPU) and where the
+  table may be sharded, since both reductions partition without moving the table.
+  """
+  g = grad.astype(statistics_dtype(grad.dtype))
+  # Squaring through abs for the column sums keeps XLA from sharing one g*g
+  # between both reductions, which would materialize a table-sized temporary.
+  row_sums = jnp.sum(g * g, axis=-1)
+  col_sums = jnp.sum(jnp.abs(g) * jnp.abs(g), axis=-2)
+  return row_sums, col_sums
+
+
+def _squared_sums_single_pass_2d(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Row and column sums of ``grad**2`` for one ``(V, D)`` table, reading it once."""
+  n_rows, n_cols = grad.shape
+  stat_dtype = statistics_dtype(grad.dtype)
+  chunk = max(1, min(n_rows, _CHUNK_BYTES // (n_cols * grad.dtype.itemsize)))
+  n_chunks = n_rows // chunk
+  ones_rows = jnp.ones((chunk,), stat_dtype)
+  ones_cols = jnp.ones((n_cols,), stat_dtype)
+
+  def accumulate(col_sums, block):
+    squares = jnp.square(block.astype(stat_dtype))
+    # Matrix-vector products run at full speed on a cache-resident block, where
+    # XLA:CPU's strided reductions do not.
+    col_sums = col_sums + jnp.dot(ones_rows, squares, precision=lax.Precision.HIGHEST)
+    row_sums = jnp.dot(squares, ones_cols, precision=lax.Precision.HIGHEST)
+    return col_sums, row_sums
+
+  body = grad[: n_chunks * chunk].reshape(n_chunks, chunk, n_cols)
+  col_sums, row_sums = lax.scan(accumulate, jnp.zeros((n_cols,), stat_dtype), body)
+  row_sums = row_sums.reshape(n_chunks * chunk)
+  if n_chunks * chunk < n_rows:
+    tail_rows, tail_cols = _squared_sums_two_pass(grad[n_chunks * chunk :])
+    row_sums = jnp.concatenate([row_sums, tail_rows])
+    col_sums = col_sums + tail_cols
+  return row_sums, col_sums
+
+
+def _squared_sums_single_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`_squared_sums_single_pass_2d` over any number of stacked tables."""
+  leading = grad.shape[:-2]
+  if not leading:
+    return _squared_sums_single_pass_2d(grad)
+  tables = grad.reshape((math.prod(leading),) + grad.shape[-2:])
+  row_sums, col_sums = lax.map(_squared_sums_single_pass_2d, tables)
+  return row_sums.reshape(leading + row_sums.shape[-1:]), col_sums.reshape(
+      leading + col_sums.shape[-1:]
+  )
+
+
+def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Sums of ``grad**2`` over the last axis and over the second-to-last axis.
+
+  On a single CPU device the gradient is read once, chunk by chunk; elsewhere the
+  two reductions are left to XLA, which fuses and partitions them.
+
+  Args:
+    grad: an array of at least two dimensions.
+
+  Returns:
+    ``(row_sums, col_sums)`` of shapes ``grad.shape[:-1]`` and
+    ``grad.shape[:-2] + grad.shape[-1:]``, in the statistics dtype.
+  """
+  if jax.device_count() > 1:
+    # A sequential scan over a sharded axis would make the SPMD partitioner
+    # gather the table, so multi-device runs keep the partitionable form.
+    return _squared_sums_two_pass(grad)
+  return lax.platform_dependent(
+      grad, cpu=_squared_sums_single_pass, default=_squared_sums_two_pass
+  )
+
+
+def scale_by_ember(
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> base.GradientTransformationExtraArgs:
+  r"""Rescales updates by Ember's factored second-moment estimate.
+
+  For each table ``W`` of shape ``(V, D)`` with gradient ``G`` at step ``t``,
+  Ember keeps a row statistic, a column statistic and a scalar:
+
+  .. math::
+    r_i \leftarrow \beta_2 r_i + (1-\beta_2)\,\mathrm{mean}_j G_{ij}^2, \quad
+    c_j \leftarrow \beta_2 c_j + (1-\beta_2)\,\mathrm{mean}_i G_{ij}^2, \quad
+    s \leftarrow \beta_2 s + (1-\beta_2)\,\mathrm{mean}_{ij} G_{ij}^2,
+
+  and returns :math:`G_{ij} / (\sqrt{\hat v_{ij}} + \epsilon)` with
+  :math:`\hat v_{ij} = r_i c_j / (\max(s, 10^{-30})(1-\beta_2^t))`.
+  The column statistic averages over every row, including rows whose gradient is
+  zero at this step (tokens absent from the batch).
+
+  A leaf with more than two dimensions is factored over its last two axes; the
+  leading axes index independent tables (for instance per-layer tables stacked
+  by ``nn.scan``). A leaf with fewer than two dimensions (a bias or a scalar
+  routed to Ember) gets the same rule unfactored:
+  :math:`\hat v = v / (1-\beta_2^t)` with :math:`v` the elementwise EMA of
+  :math:`G^2`.
+
+  Statistics are kept in float32 (float64 for float64 parameters) and updates
+  are returned in the gradient's dtype. A ``(V, D)`` table costs ``V + D + 1``
+  statistics; the step count is shared by all leaves.
+
+  Args:
+    b2: Decay rate of the exponential moving averages, in ``[0, 1)``.
+    eps: Term added to the denominator outside the square root, ``>= 0``.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`; extra keyword arguments to
+    ``update`` are accepted and ignored.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import ember_optax
+    >>> params = {'embedding': jnp.ones((1000, 64))}
+    >>> tx = ember_optax.scale_by_ember()
+    >>> state = tx.init(params)
+    >>> state.row['embedding'].shape, state.col['embedding'].shape
+    ((1000,), (64,))
+    >>> grads = {'embedding': jnp.full((1000, 64), 0.5)}
+    >>> updates, state = tx.update(grads, state, params)
+
+  References:
+    *Token Geometry* (arXiv:2607.01455), the Ember optimizer for token tables.
+  """
+  checks.check_decay('b2', b2)
+  checks.check_non_negative('eps', eps)
+
+  def init_fn(params: base.Params) -> ScaleByEmberState:
+    if _is_params_placeholder(params):
+      # optax.tree.map_params probes init with an opaque stand-in for the
+      # params; no statistic has a parameter's shape, so none stands in for it.
+      stand_in = jnp.zeros(())
+      return ScaleByEmberState(jnp.zeros([], jnp.int32), stand_in, stand_in, stand_in)
+    checks.check_float_params(params, 'scale_by_ember')
+
+    def init_row(param):
+      if param.ndim < 2:
+        return jnp.zeros_like(param, dtype=statistics_dtype(param.dtype))
+      return _zeros_reduced(param, -1)
+
+    def init_col(param):
+      if param.ndim < 2:
+        return jnp.zeros((), statistics_dtype(param.dtype))
+      return _zeros_reduced(param, -2)
+
+    def init_scale(param):
+      if param.ndim < 2:
+        return jnp.zeros((), statistics_dtype(param.dtype))
+      return _zeros_reduced(param, (-2, -1))
+
+    return ScaleByEmberState(
+        count=jnp.zeros([], jnp.int32),
+        row=jax.tree.map(init_row, params),
+        col=jax.tree.map(init_col, params),
+        scale=jax.tree.map(init_scale, params),
+    )
+
+  def update_fn(
+      updates: base.Updates,
+      state: ScaleByEmberState,
+      params: base.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[base.Updates, ScaleByEmberState]:
+    del params, extra_args
+    _check_updates_match_state(updates, state)
+    count = numerics.safe_increment(state.count)
+
+    log_b2, one_minus_b2 = _decay_constants(b2)
+
+    def update_leaf(grad, row, col, scale):
+      stat_dtype = row.dtype
+      decay = jnp.asarray(b2, stat_dtype)
+      rate = jnp.asarray(one_minus_b2, stat_dtype)
+      # 1 - b2**t, accurate for b2 near 1 where the power loses digits.
+      bias_correction = -jnp.expm1(count.astype(stat_dtype) * jnp.asarray(log_b2, stat_dtype))
+      if grad.ndim < 2:
+        g = grad.astype(stat_dtype)
+        row = decay * row + rate * g * g
+        update = g / (jnp.sqrt(row / bias_correction) + eps)
+        return update.astype(grad.dtype), row, col, scale
+
+      n_rows, n_cols = grad.shape[-2:]
+      row_sums, col_sums = squared_sums(grad)
+      row = decay * row + rate * (row_sums / n_cols)
+      col = decay * col + rate * (col_sums / n_rows)
+      scale = decay * scale + rate * (jnp.sum(col_sums, axis=-1) / (n_rows * n_cols))
+      # sqrt(vhat) = sqrt(row_i) * sqrt(col_j / (scale * bc)): two vectors, so
+      # the elementwise pass is a single division with no V x D intermediate.
+      row_rms = jnp.sqrt(row)
+      col_rms = jnp.sqrt(col / (jnp.maximum(scale, MIN_SCALE) * bias_correction)[..., None])
+      denominator = row_rms[..., :, None] * col_rms[..., None, :] + eps
+      update = grad.astype(stat_dtype) / denominator
+      return update.astype(grad.dtype), row, col, scale
+
+    results = jax.tree.map(update_leaf, updates, state.row, state.col, state.scale)
+    treedef = jax.tree.structure(updates)
+    new_updates, row, col, scale = (
+        jax.tree.unflatten(treedef, parts)
+        for parts in zip(*treedef.flatten_up_to(results), strict=True)
+    )
+    return new_updates, ScaleByEmberState(count=count, row=row, col=col, scale=scale)
+
+  return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_params_placeholder(params: Any) -> bool:
+  return type(params).__name__ == '_ParamsPlaceholder'
+
+
+def _decay_constants(b2: Any) -> tuple[Any, Any]:
+  """``log(b2)`` and ``1 - b2``, in double precision when ``b2`` is a Python number.
+
+  Rounding b2 = 0.999 to float32 first would put a 1e-5 relative error into
+  ``1 - b2`` and into the bias correction; the reference implementation
+  computes both in double precision.
+  """
+  if isinstance(b2, int | float):
+    return (math.log(b2) if b2 > 0 else -math.inf), 1.0 - b2
+  b2 = jnp.asarray(b2)
+  return jnp.log(b2), 1 - b2
+
+
+def _check_updates_match_state(updates: base.Updates, state: ScaleByEmberState) -> None:
+  """Raises (at trace time, before any state changes) if gradients don't fit the state."""
+  expected = jax.tree.map(
+      lambda row, col: jax.ShapeDtypeStruct(
+          row.shape if col.ndim == 0 else row.shape + col.shape[-1:], row.dtype
+      ),
+      state.row,
+      state.col,
+  )
+  checks.check_same_shapes(expected, updates, 'gradient', 'scale_by_ember')
