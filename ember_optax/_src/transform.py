@@ -18,7 +18,10 @@ MIN_SCALE = 1e-30
 # Rows of the gradient processed per chunk by the single-pass CPU kernel: a
 # chunk of about this many bytes stays in cache while both of its reductions
 # read it, so the gradient is streamed from memory once instead of twice.
+# A chunk is also at most this fraction of a table, so that its buffer stays a
+# small share of the step's memory however small the table.
 _CHUNK_BYTES = 1 << 20
+_MAX_CHUNK_FRACTION = 1 / 64
 
 
 class ScaleByEmberState(NamedTuple):
@@ -65,43 +68,53 @@ def _squared_sums_two_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
   return row_sums, col_sums
 
 
-def _squared_sums_single_pass_2d(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Row and column sums of ``grad**2`` for one ``(V, D)`` table, reading it once."""
-  n_rows, n_cols = grad.shape
-  stat_dtype = statistics_dtype(grad.dtype)
-  chunk = max(1, min(n_rows, _CHUNK_BYTES // (n_cols * grad.dtype.itemsize)))
-  n_chunks = n_rows // chunk
-  ones_rows = jnp.ones((chunk,), stat_dtype)
-  ones_cols = jnp.ones((n_cols,), stat_dtype)
+def _squared_sums_single_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Row and column sums of ``grad**2``, reading the gradient from memory once.
 
-  def accumulate(col_sums, block):
+  Walks each ``(V, D)`` table in chunks of rows small enough to stay in cache
+  while both of their reductions read them. Slices are taken from the original
+  array (no reshaped or padded copy); the last chunk of a table is shifted back
+  to end at the table's edge, and its rows already counted are masked out of the
+  column sums.
+  """
+  *leading, n_rows, n_cols = grad.shape
+  n_tables = math.prod(leading)
+  stat_dtype = statistics_dtype(grad.dtype)
+  row_bytes = n_cols * grad.dtype.itemsize
+  chunk_bytes = min(_CHUNK_BYTES, int(n_rows * row_bytes * _MAX_CHUNK_FRACTION))
+  chunk = max(1, min(n_rows, chunk_bytes // row_bytes))
+  chunks_per_table = -(-n_rows // chunk)
+  rows = grad.reshape(n_tables * n_rows, n_cols)
+  ones_cols = jnp.ones((n_cols,), stat_dtype)
+  offsets_in_chunk = jnp.arange(chunk)
+
+  def accumulate(index, sums):
+    row_sums, col_sums = sums
+    table, chunk_index = index // chunks_per_table, index % chunks_per_table
+    wanted_start = chunk_index * chunk
+    start = jnp.minimum(wanted_start, n_rows - chunk)
+    block = lax.dynamic_slice_in_dim(rows, table * n_rows + start, chunk)
     squares = jnp.square(block.astype(stat_dtype))
+    fresh = (start + offsets_in_chunk >= wanted_start).astype(stat_dtype)
     # Matrix-vector products run at full speed on a cache-resident block, where
     # XLA:CPU's strided reductions do not.
-    col_sums = col_sums + jnp.dot(ones_rows, squares, precision=lax.Precision.HIGHEST)
-    row_sums = jnp.dot(squares, ones_cols, precision=lax.Precision.HIGHEST)
-    return col_sums, row_sums
+    block_col_sums = jnp.dot(fresh, squares, precision=lax.Precision.HIGHEST)
+    block_row_sums = jnp.dot(squares, ones_cols, precision=lax.Precision.HIGHEST)
+    row_sums = lax.dynamic_update_slice_in_dim(
+        row_sums, block_row_sums, table * n_rows + start, axis=0
+    )
+    col_sums = lax.dynamic_update_index_in_dim(
+        col_sums, col_sums[table] + block_col_sums, table, axis=0
+    )
+    return row_sums, col_sums
 
-  body = grad[: n_chunks * chunk].reshape(n_chunks, chunk, n_cols)
-  col_sums, row_sums = lax.scan(accumulate, jnp.zeros((n_cols,), stat_dtype), body)
-  row_sums = row_sums.reshape(n_chunks * chunk)
-  if n_chunks * chunk < n_rows:
-    tail_rows, tail_cols = _squared_sums_two_pass(grad[n_chunks * chunk :])
-    row_sums = jnp.concatenate([row_sums, tail_rows])
-    col_sums = col_sums + tail_cols
-  return row_sums, col_sums
-
-
-def _squared_sums_single_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """:func:`_squared_sums_single_pass_2d` over any number of stacked tables."""
-  leading = grad.shape[:-2]
-  if not leading:
-    return _squared_sums_single_pass_2d(grad)
-  tables = grad.reshape((math.prod(leading),) + grad.shape[-2:])
-  row_sums, col_sums = lax.map(_squared_sums_single_pass_2d, tables)
-  return row_sums.reshape(leading + row_sums.shape[-1:]), col_sums.reshape(
-      leading + col_sums.shape[-1:]
+  row_sums, col_sums = lax.fori_loop(
+      0,
+      n_tables * chunks_per_table,
+      accumulate,
+      (jnp.zeros((n_tables * n_rows,), stat_dtype), jnp.zeros((n_tables, n_cols), stat_dtype)),
   )
+  return row_sums.reshape(*leading, n_rows), col_sums.reshape(*leading, n_cols)
 
 
 def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -118,7 +131,7 @@ def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``grad.shape[:-2] + grad.shape[-1:]``, in the statistics dtype.
   """
   if jax.device_count() > 1:
-    # A sequential scan over a sharded axis would make the SPMD partitioner
+    # A sequential loop over a sharded axis would make the SPMD partitioner
     # gather the table, so multi-device runs keep the partitionable form.
     return _squared_sums_two_pass(grad)
   return lax.platform_dependent(

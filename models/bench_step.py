@@ -1,0 +1,218 @@
+"""Times one optimizer step on a token table: Ember against AdamW, Adafactor and SGD.
+
+Each optimizer runs the same jitted, donated step (``update`` then
+``optax.apply_updates``) on the same table and gradient; the steps are
+interleaved round by round so that a noisy machine slows them alike, and the
+ratios are taken within each shape. Plain SGD reads the gradient and the table
+and writes the table once: it is the memory-bandwidth yardstick. Ember's floor
+is one more read of the gradient (4/3 of SGD), fused AdamW's 7/3.
+
+Run::
+
+  python -m models.bench_step                       # the default grid
+  python -m models.bench_step --shapes 32768x512 --dtypes float32 --out /tmp/bench
+"""
+
+import argparse
+from collections.abc import Callable
+import dataclasses
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import ember_optax
+from models import gpt
+
+DEFAULT_SHAPES = ('32768x512', '50304x768', '131072x1024')
+DEFAULT_DTYPES = ('float32', 'bfloat16')
+LEARNING_RATE = 1e-3
+
+# Table-sized memory accesses per step of each optimizer when fully fused.
+TABLE_ACCESSES = {'ember': 4, 'adamw': 7, 'adafactor': 4, 'sgd': 3}
+
+# HBM bandwidth (bytes/s) of accelerators we report against.
+PEAK_BANDWIDTH = {
+    'NVIDIA H100 80GB HBM3': 3.35e12,
+    'NVIDIA H100': 3.35e12,
+    'NVIDIA H200': 4.8e12,
+    'NVIDIA A100-SXM4-80GB': 2.04e12,
+    'NVIDIA A100-SXM4-40GB': 1.56e12,
+    'TPU v4': 1.2e12,
+    'TPU v5e': 8.2e11,
+    'TPU v5p': 2.76e12,
+}
+
+
+def optimizers() -> dict[str, optax.GradientTransformation]:
+  return {
+      'ember': ember_optax.ember(LEARNING_RATE),
+      'adamw': optax.adamw(LEARNING_RATE),
+      'adafactor': optax.adafactor(LEARNING_RATE),
+      'sgd': optax.sgd(LEARNING_RATE),
+  }
+
+
+@dataclasses.dataclass
+class Measurement:
+  optimizer: str
+  median_ms: float
+  state_bytes: int
+  temp_bytes: int
+
+
+def tree_bytes(tree) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(tree) if hasattr(x, 'nbytes'))
+
+
+def make_step(optimizer: optax.GradientTransformation) -> Callable:
+  def step(params, state, grads):
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def compiled_temp_bytes(optimizer: optax.GradientTransformation, params, grads) -> int:
+  """Scratch memory of the compiled step, beyond its arguments and outputs."""
+  state = jax.eval_shape(optimizer.init, params)
+  compiled = make_step(optimizer).lower(params, state, grads).compile()
+  return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def bench_table(shape: tuple[int, int], dtype: str, rounds: int) -> list[Measurement]:
+  key_params, key_grads = jax.random.split(jax.random.PRNGKey(0))
+  params = (0.02 * jax.random.normal(key_params, shape)).astype(dtype)
+  grads = jax.random.normal(key_grads, shape).astype(dtype)
+  runs = {}
+  for name, optimizer in optimizers().items():
+    step = make_step(optimizer)
+    state = optimizer.init(params)
+    runs[name] = {
+        'step': step,
+        'carry': (params.copy(), state),
+        'state_bytes': tree_bytes(state),
+        'temp_bytes': compiled_temp_bytes(optimizer, params, grads),
+        'times': [],
+    }
+  for round_index in range(rounds + 2):  # Two warm-up rounds, not recorded.
+    for run in runs.values():
+      start = time.perf_counter()
+      run['carry'] = jax.block_until_ready(run['step'](*run['carry'], grads))
+      if round_index >= 2:
+        run['times'].append(time.perf_counter() - start)
+  measurements = [
+      Measurement(name, 1e3 * float(np.median(run['times'])), run['state_bytes'], run['temp_bytes'])
+      for name, run in runs.items()
+  ]
+  for run in runs.values():
+    run['carry'] = None
+  return measurements
+
+
+def bench_train_step(preset: str, rounds: int) -> dict[str, float]:
+  """Median ms of a whole GPT train step under optax.adamw and under ember_adamw."""
+  from flax import nnx  # Only this part of the benchmark needs Flax.
+
+  settings = gpt.PRESETS[preset]
+  config = dataclasses.replace(settings.model, vocab_size=settings.vocab_size)
+  tokens = jax.random.randint(
+      jax.random.PRNGKey(0), (settings.batch_size, settings.seq_len + 1), 0, config.vocab_size
+  )
+
+  def loss_fn(model, tokens):
+    logits = model(tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  @nnx.jit(donate_argnums=(0, 1))
+  def train_step(model, optimizer, tokens):
+    loss, grads = nnx.value_and_grad(loss_fn)(model, tokens)
+    optimizer.update(model, grads)
+    return loss
+
+  setups = {
+      'adamw': optax.adamw(LEARNING_RATE),
+      'ember_adamw': ember_optax.ember_adamw(LEARNING_RATE, vocab_size=config.vocab_size),
+  }
+  runs = {}
+  for name, tx in setups.items():
+    model = gpt.GPT(config, rngs=nnx.Rngs(0))
+    runs[name] = (model, nnx.Optimizer(model, tx, wrt=nnx.Param), [])
+  for round_index in range(rounds + 2):
+    for model, optimizer, times in runs.values():
+      start = time.perf_counter()
+      jax.block_until_ready(train_step(model, optimizer, tokens))
+      if round_index >= 2:
+        times.append(time.perf_counter() - start)
+  return {name: 1e3 * float(np.median(times)) for name, (_, _, times) in runs.items()}
+
+
+def device_description() -> str:
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    return f'CPU: {platform.processor() or platform.machine()}, {jax.local_device_count()} device'
+  return f'{device.platform.upper()}: {device.device_kind}'
+
+
+def main(argv: list[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--shapes', nargs='+', default=list(DEFAULT_SHAPES),
+                      help='table shapes as VxD')
+  parser.add_argument('--dtypes', nargs='+', default=list(DEFAULT_DTYPES))
+  parser.add_argument('--rounds', type=int, default=10, help='timed steps per optimizer')
+  parser.add_argument('--train-preset', default='small',
+                      help="GPT preset for the whole-train-step comparison ('' to skip)")
+  parser.add_argument('--out', type=pathlib.Path, help='folder for bench_step.json')
+  args = parser.parse_args(argv)
+
+  peak = PEAK_BANDWIDTH.get(jax.devices()[0].device_kind)
+  results = {'device': device_description(), 'jax': jax.__version__, 'tables': []}
+  print(f"{results['device']}, jax {jax.__version__}")
+  header = (f"{'table':>12} {'dtype':>8} {'optimizer':>9} {'median ms':>9} {'state MB':>9} "
+            f"{'temp MB':>8} {'temp/table':>10} {'GB/s':>6}")
+  print(header)
+  for shape_text in args.shapes:
+    shape = tuple(int(n) for n in shape_text.split('x'))
+    for dtype in args.dtypes:
+      table_bytes = int(np.prod(shape)) * jnp.dtype(dtype).itemsize
+      measurements = bench_table(shape, dtype, args.rounds)
+      by_name = {m.optimizer: m for m in measurements}
+      for m in measurements:
+        bandwidth = TABLE_ACCESSES[m.optimizer] * table_bytes / (m.median_ms * 1e-3)
+        print(f'{shape_text:>12} {dtype:>8} {m.optimizer:>9} {m.median_ms:9.2f} '
+              f'{m.state_bytes / 2**20:9.2f} {m.temp_bytes / 2**20:8.2f} '
+              f'{m.temp_bytes / table_bytes:10.3f} {bandwidth / 1e9:6.1f}')
+      ember_ms = by_name['ember'].median_ms
+      ratios = {f'ember/{name}': ember_ms / by_name[name].median_ms
+                for name in ('adamw', 'adafactor', 'sgd')}
+      entry = {
+          'shape': list(shape), 'dtype': dtype, 'table_bytes': table_bytes,
+          'measurements': [dataclasses.asdict(m) for m in measurements], 'ratios': ratios,
+          'ember_bandwidth_bytes_per_s': TABLE_ACCESSES['ember'] * table_bytes / (ember_ms * 1e-3),
+      }
+      if peak:
+        entry['ember_bandwidth_fraction_of_peak'] = entry['ember_bandwidth_bytes_per_s'] / peak
+      results['tables'].append(entry)
+      print(' ' * 22 + '  '.join(f'{k} {v:.2f}' for k, v in ratios.items())
+            + (f"  ember at {entry['ember_bandwidth_fraction_of_peak']:.0%} of peak HBM"
+               if peak else ''))
+  if args.train_preset:
+    train = bench_train_step(args.train_preset, args.rounds)
+    results['train_step'] = {'preset': args.train_preset, 'median_ms': train,
+                             'ratio': train['ember_adamw'] / train['adamw']}
+    print(f"whole GPT train step ({args.train_preset}): adamw {train['adamw']:.1f} ms, "
+          f"ember_adamw {train['ember_adamw']:.1f} ms, "
+          f"ratio {results['train_step']['ratio']:.2f}")
+  if args.out:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / 'bench_step.json').write_text(json.dumps(results, indent=1))
+  return results
+
+
+if __name__ == '__main__':
+  main()
