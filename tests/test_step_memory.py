@@ -19,7 +19,10 @@ def test_ember_step_has_no_table_sized_temporary(shape):
 
 
 def test_ember_adamw_step_has_no_table_sized_temporary():
-  params = {'embed': {'embedding': jnp.zeros((32768, 256))}, 'mlp': {'kernel': jnp.zeros((256, 256))}}
+  params = {
+      'embed': {'embedding': jnp.zeros((32768, 256))},
+      'mlp': {'kernel': jnp.zeros((256, 256))},
+  }
   optimizer = ember_optax.ember_adamw(1e-3, vocab_size=32768)
   temp = bench_step.compiled_temp_bytes(optimizer, params, params)
   assert temp <= 0.05 * params['embed']['embedding'].nbytes
