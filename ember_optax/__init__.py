@@ -1,7 +1,9 @@
 """Ember: a factored, first-moment-free optimizer for token tables, for Optax."""
 
+from ember_optax import diagnostics
 from ember_optax._src.alias import ember, ember_adamw
 from ember_optax._src.routing import TOKEN_TABLE_NAMES, token_table_labels
+from ember_optax._src.sharding import state_shardings
 from ember_optax._src.transform import ScaleByEmberState, scale_by_ember
 
 __version__ = '0.1.0'
@@ -9,8 +11,10 @@ __version__ = '0.1.0'
 __all__ = (
     'ScaleByEmberState',
     'TOKEN_TABLE_NAMES',
+    'diagnostics',
     'ember',
     'ember_adamw',
     'scale_by_ember',
+    'state_shardings',
     'token_table_labels',
 )

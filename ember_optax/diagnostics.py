@@ -33,6 +33,7 @@ import optax
 __all__ = (
     'effective_rank',
     'group_sizes',
+    'relative_to_median',
     'row_rms',
     'row_step_ratios',
     'state_bytes_by_group',
@@ -113,14 +114,41 @@ def row_step_ratios(
     >>> diagnostics.row_step_ratios(update)
     Array([1., 2., 1., 0.], dtype=float32)
   """
-  rms = row_rms(update, token_axis)
-  reference = rms > 0
+  return relative_to_median(row_rms(update, token_axis), where)
+
+
+@jax.jit
+def relative_to_median(values: jax.Array, where: jax.Array | None = None) -> jax.Array:
+  """Nonnegative values divided by the median of the nonzero ones (among ``where``).
+
+  The second half of :func:`row_step_ratios`, for per-row RMS steps recorded
+  with :func:`row_rms` inside a training step and turned into ratios later.
+
+  Args:
+    values: A nonnegative float array of shape ``(V,)``, such as per-row RMS
+      steps.
+    where: Optional boolean ``(V,)`` array selecting the reference entries of
+      the median; zero entries are never reference entries.
+
+  Returns:
+    ``values / median``, of shape ``(V,)``; all NaN if no reference entry is
+    nonzero.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from ember_optax import diagnostics
+    >>> diagnostics.relative_to_median(jnp.array([1.0, 2.0, 3.0, 0.0]))
+    Array([0.5, 1. , 1.5, 0. ], dtype=float32)
+  """
+  values = jnp.asarray(values)
+  values = values.astype(jnp.promote_types(values.dtype, jnp.float32))
+  reference = values > 0
   if where is not None:
     reference = jnp.logical_and(reference, jnp.asarray(where, bool))
-  # NaN-out the rows outside the reference set; nanmedian skips them and keeps
-  # the computation shape-static, hence jit-friendly.
-  median = jnp.nanmedian(jnp.where(reference, rms, jnp.nan))
-  return rms / median
+  # NaN-out the entries outside the reference set; nanmedian skips them and
+  # keeps the computation shape-static, hence jit-friendly.
+  median = jnp.nanmedian(jnp.where(reference, values, jnp.nan))
+  return values / median
 
 
 def _trajectory_points(snapshots: jax.Array, token_axis: int) -> jax.Array:

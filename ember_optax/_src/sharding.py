@@ -65,13 +65,13 @@ def state_shardings(
     >>> import jax, jax.numpy as jnp
     >>> from jax.sharding import PartitionSpec as P
     >>> import ember_optax
-    >>> from ember_optax._src.sharding import state_shardings
+    >>> from ember_optax import state_shardings
     >>> params = {'embed': jnp.zeros((512, 16)), 'w': jnp.zeros((16, 16))}
     >>> optimizer = ember_optax.ember_adamw(1e-3, vocab_size=512)
     >>> specs = {'embed': P('model', None), 'w': P(None, 'model')}
     >>> shardings = state_shardings(jax.eval_shape(optimizer.init, params), specs)
     >>> shardings.inner_states['ember'].inner_state[0].row['embed']
-    PartitionSpec('model',)
+    P('model',)
   """
   param_treedef = jax.tree.structure(param_shardings, is_leaf=_is_sharding_leaf)
   param_leaves = param_treedef.flatten_up_to(param_shardings)

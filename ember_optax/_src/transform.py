@@ -9,7 +9,7 @@ from jax import lax
 import jax.numpy as jnp
 from optax._src import base, numerics
 
-from ember_optax._src import checks
+from ember_optax._src import checks, layout
 
 # Below this, the scalar statistic is treated as zero: it only guards the
 # division when every gradient so far was exactly zero.
@@ -219,9 +219,10 @@ def scale_by_ember(
 
     return ScaleByEmberState(
         count=jnp.zeros([], jnp.int32),
-        row=jax.tree.map(init_row, params),
-        col=jax.tree.map(init_col, params),
-        scale=jax.tree.map(init_scale, params),
+        # Flax boxes (linen Partitioned, nnx.Variable) get the axes each statistic keeps.
+        row=layout.map_statistic(init_row, params, 'row'),
+        col=layout.map_statistic(init_col, params, 'col'),
+        scale=layout.map_statistic(init_scale, params, 'scale'),
     )
 
   def update_fn(
@@ -231,6 +232,12 @@ def scale_by_ember(
       **extra_args: Any,
   ) -> tuple[base.Updates, ScaleByEmberState]:
     del params, extra_args
+    # Boxed gradients and statistics name different axes; compute on the arrays.
+    boxed_updates, boxed_state = updates, state
+    updates = layout.unbox(updates)
+    state = ScaleByEmberState(
+        state.count, layout.unbox(state.row), layout.unbox(state.col), layout.unbox(state.scale)
+    )
     _check_updates_match_state(updates, state)
     count = numerics.safe_increment(state.count)
 
@@ -267,7 +274,12 @@ def scale_by_ember(
         jax.tree.unflatten(treedef, parts)
         for parts in zip(*treedef.flatten_up_to(results), strict=True)
     )
-    return new_updates, ScaleByEmberState(count=count, row=row, col=col, scale=scale)
+    return layout.rebox_like(boxed_updates, new_updates), ScaleByEmberState(
+        count=count,
+        row=layout.rebox_like(boxed_state.row, row),
+        col=layout.rebox_like(boxed_state.col, col),
+        scale=layout.rebox_like(boxed_state.scale, scale),
+    )
 
   return base.GradientTransformationExtraArgs(init_fn, update_fn)
 
