@@ -154,13 +154,19 @@ def flatten(params) -> dict[str, np.ndarray]:
     }
 
 
-def initialize(coordinator: str | None, num_processes: int, process_id: int) -> None:
+def initialize(
+    coordinator: str | None, num_processes: int, process_id: int, auto_detect: bool = False
+) -> None:
     """Joins the ``jax.distributed`` job (a no-op for one process).
 
     On CPU, collectives across processes go through gloo; on GPU and TPU JAX picks the
     platform's own (NCCL, ICI/DCN) and ``jax.distributed.initialize()`` can usually find the
     coordinator by itself on managed clusters (Cloud TPU, SLURM, Open MPI).
     """
+    if auto_detect:
+        # Cloud TPU, SLURM and Open MPI tell JAX the coordinator and the process layout.
+        jax.distributed.initialize()
+        return
     if num_processes <= 1:
         return
     # Only the CPU backend reads this; GPUs and TPUs keep their own collectives.
@@ -175,6 +181,8 @@ def initialize(coordinator: str | None, num_processes: int, process_id: int) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--auto-detect", action="store_true",
+                        help="let jax.distributed find the cluster (Cloud TPU, SLURM, Open MPI)")
     parser.add_argument("--coordinator", default=None, help="host:port of process 0")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -190,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    initialize(args.coordinator, args.num_processes, args.process_id)
+    initialize(args.coordinator, args.num_processes, args.process_id, args.auto_detect)
     mesh = jax.make_mesh((jax.device_count(),), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
     params, _, losses = train(
         tiny_config(), mesh=mesh, layout=args.layout, steps=args.steps,
@@ -201,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"processes={jax.process_count()} devices={jax.device_count()} losses={losses}")
         if args.out:
             np.savez(args.out, **flat)
-    if args.num_processes > 1:
+    if jax.process_count() > 1:
         jax.distributed.shutdown()
     return {"losses": losses}
 
