@@ -4,9 +4,9 @@ Pure functions on arrays and pytrees, so they can be called on the arrays of a
 Flax (NNX or linen) training loop, inside a jitted step or on host copies:
 
 * :func:`row_rms` and :func:`row_step_ratios`: the RMS step of each row of a
-  table relative to the median row's. Tracked over training they show whether
-  an optimizer's per-row step sizes stay bounded (Ember) or blow up on rare rows
-  whose second-moment statistics went stale (Adam).
+  table relative to the median row's. Tracked over training they test the
+  claim that Adam's steps blow up on rare rows whose second-moment statistics
+  went stale while Ember's stay within a small factor of the median.
 * :func:`trajectory_straightness` and :func:`trajectory_principal_share`: from
   snapshots of a table over training, how straight each token's path is.
 * :func:`effective_rank`: the entropy-based effective rank of a matrix, for a
