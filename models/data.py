@@ -1,0 +1,388 @@
+"""Real text with no download: corpus, byte-level BPE tokenizer, train/val split, batches.
+
+The default corpus is the Python standard library's own ``.py`` source files of the running
+interpreter (about 13 MB on CPython 3.11). It is present on every machine (Colab included), so the
+main job needs no download. ``text=PATH`` (a file, or a folder of text files) trains on any other
+corpus instead.
+
+Pipeline (all deterministic):
+
+1. **Files.** The corpus files, sorted by their path relative to the corpus root.
+2. **Split by file path.** A file goes to validation when the SHA-256 of its relative path,
+   read as a number in [0, 1), is below ``val_fraction``. The split depends on the path only, not on
+   the machine, the file order or the random seed, and a file is never in both sides. A corpus of a
+   single file is split by position instead (its last ``val_fraction`` of characters).
+3. **Tokenizer.** A byte-level BPE (GPT-2 style, ``tokenizers`` library) trained locally on the
+   training files only (the first ``tokenizer_train_chars`` characters of them, in path order, so a
+   huge ``--text`` corpus does not make training slow; the whole stdlib train split fits under the
+   default cap). Documents are joined with the ``<|endoftext|>`` token.
+4. **Cache.** Tokenizer and token arrays go to ``$EMBER_CACHE`` (default
+   ``~/.cache/ember_optax/``) under a key that hashes the corpus (root, relative paths, sizes,
+   modification times) and every setting above. The second run loads them at once.
+5. **Batches.** Random windows of ``seq_len + 1`` tokens of the training stream, drawn from a NumPy
+   generator seeded by ``seed``: the same seed gives the same batches, whichever optimizer runs.
+   Validation uses fixed windows spread evenly over the validation stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+import sysconfig
+import time
+
+import numpy as np
+
+EOT = "<|endoftext|>"
+# Bump when anything that changes the cached artifacts changes (tokenizer recipe, file format).
+CACHE_VERSION = 1
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_VAL_FRACTION = 0.05
+DEFAULT_TOKENIZER_TRAIN_CHARS = 32_000_000
+
+# Folders of the stdlib that are not the standard library's own code: installed third-party
+# packages, byte-code caches, and CPython's regression-test suite (17 MB of tests, including files
+# with deliberately broken syntax and odd encodings).
+_STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+_STDLIB_SKIP_TOP = {"test"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """A tokenized corpus, ready for batching.
+
+  Attributes:
+    train_tokens: 1-D int array, the training files' tokens joined by ``<|endoftext|>``.
+    val_tokens: 1-D int array, the same for the validation files.
+    vocab_size: size of the tokenizer's vocabulary (ids are in ``[0, vocab_size)``).
+    train_counts: ``(vocab_size,)`` int64, how often each id occurs in ``train_tokens``.
+    tokenizer_path: where the trained ``tokenizer.json`` lives.
+    cache_dir: the cache folder of this corpus and settings.
+    cache_hit: True when tokenizer and arrays were loaded from the cache, not built.
+    info: corpus description (root, file counts, characters, tokens, split rule).
+  """
+
+  train_tokens: np.ndarray
+  val_tokens: np.ndarray
+  vocab_size: int
+  train_counts: np.ndarray
+  tokenizer_path: Path
+  cache_dir: Path
+  cache_hit: bool
+  info: dict
+
+  def tokenizer(self):
+    """Loads the trained ``tokenizers.Tokenizer`` (for decoding samples, say)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(self.tokenizer_path))
+
+  def rare_token_mask(self) -> np.ndarray:
+    """Boolean ``(vocab_size,)``: True for the less frequent half of the vocabulary.
+
+    Ids are ranked by training count (ties broken by id, so the set is deterministic); the
+    ``vocab_size // 2`` least frequent ids are rare. Validation targets with a rare id are the
+    ones the rare-token loss is averaged over.
+    """
+    order = np.lexsort((np.arange(self.vocab_size), self.train_counts))
+    mask = np.zeros(self.vocab_size, dtype=bool)
+    mask[order[: self.vocab_size // 2]] = True
+    return mask
+
+
+def default_cache_dir() -> Path:
+  """``$EMBER_CACHE`` if set, else ``~/.cache/ember_optax``."""
+  env = os.environ.get("EMBER_CACHE")
+  return Path(env).expanduser() if env else Path.home() / ".cache" / "ember_optax"
+
+
+def stdlib_root() -> Path:
+  """The running interpreter's standard-library folder."""
+  return Path(sysconfig.get_paths()["stdlib"])
+
+
+def list_files(text: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
+  """Returns the corpus root and its files' relative paths (POSIX style, sorted).
+
+  Args:
+    text: None for the default corpus (the stdlib's ``.py`` files, without ``site-packages``
+      and the ``test`` package), else a file or a folder. In a folder every regular, non-hidden
+      file is taken (recursively); files that are not text are skipped when read.
+  """
+  if text is None:
+    root = stdlib_root()
+    files = []
+    for path in root.rglob("*.py"):
+      rel = path.relative_to(root)
+      if rel.parts[0] in _STDLIB_SKIP_TOP or _STDLIB_SKIP_DIRS & set(rel.parts):
+        continue
+      if path.is_file():
+        files.append(rel.as_posix())
+    return root, sorted(files)
+  path = Path(text).expanduser().resolve()
+  if path.is_file():
+    return path.parent, [path.name]
+  if not path.is_dir():
+    raise FileNotFoundError(f"--text {text!r}: no such file or folder")
+  files = []
+  for p in path.rglob("*"):
+    rel = p.relative_to(path)
+    if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+      files.append(rel.as_posix())
+  if not files:
+    raise ValueError(f"--text {text!r}: the folder has no files")
+  return path, sorted(files)
+
+
+def path_fraction(rel_path: str) -> float:
+  """Maps a relative path to a number in [0, 1) by SHA-256 (stable across machines)."""
+  digest = hashlib.sha256(rel_path.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+  """Splits relative paths into (train, val) by their hash; deterministic and disjoint.
+
+  With two files or more, both sides are kept non-empty: if the hash rule leaves one side empty,
+  the file with the smallest (or largest) hash is moved across.
+  """
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+  train = [f for f in files if path_fraction(f) >= val_fraction]
+  val = [f for f in files if path_fraction(f) < val_fraction]
+  if len(files) >= 2 and not val:
+    first = min(files, key=path_fraction)
+    train.remove(first)
+    val = [first]
+  if len(files) >= 2 and not train:
+    last = max(files, key=path_fraction)
+    val.remove(last)
+    train = [last]
+  return train, val
+
+
+def _read_text(path: Path) -> str | None:
+  """Reads a file as UTF-8 text; None for a file that looks binary (it has a NUL byte)."""
+  data = path.read_bytes()
+  if b"\x00" in data:
+    return None
+  return data.decode("utf-8", errors="replace")
+
+
+def _write_atomic(path: Path, write) -> None:
+  """Calls ``write(binary_file)`` on a temporary file, then renames it to ``path``."""
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+  with open(tmp, "wb") as f:
+    write(f)
+  tmp.replace(path)
+
+
+def _corpus_key(root: Path, files: list[str], settings: dict) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps({"root": str(root), "version": CACHE_VERSION, **settings}).encode())
+  for rel in files:
+    st = (root / rel).stat()
+    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  return h.hexdigest()[:16]
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int, max_chars: int, out: Path) -> None:
+  """Trains a GPT-2 style byte-level BPE on ``texts`` (capped at ``max_chars``) to ``out``."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  tokenizer = Tokenizer(models.BPE())
+  # Byte-level: every byte is in the base alphabet, so any text encodes with no unknown token.
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=[EOT],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
+  subset, used = [], 0
+  for text in texts:
+    if used >= max_chars:
+      break
+    subset.append(text[: max_chars - used])
+    used += len(subset[-1])
+  tokenizer.train_from_iterator(subset, trainer)
+  tokenizer.save(str(out))
+
+
+def _encode(tokenizer, texts: list[str], dtype) -> np.ndarray:
+  """Encodes documents and joins them, each followed by the end-of-text token."""
+  eot = tokenizer.token_to_id(EOT)
+  pieces = []
+  for enc in tokenizer.encode_batch(texts):
+    pieces.append(np.asarray(enc.ids, dtype=dtype))
+    pieces.append(np.asarray([eot], dtype=dtype))
+  if not pieces:
+    return np.zeros((0,), dtype=dtype)
+  return np.concatenate(pieces)
+
+
+def load_corpus(
+  text: str | os.PathLike | None = None,
+  *,
+  vocab_size: int = DEFAULT_VOCAB_SIZE,
+  val_fraction: float = DEFAULT_VAL_FRACTION,
+  tokenizer_train_chars: int = DEFAULT_TOKENIZER_TRAIN_CHARS,
+  cache_dir: str | os.PathLike | None = None,
+  verbose: bool = False,
+) -> Corpus:
+  """Builds (or loads from the cache) the tokenized train/val corpus.
+
+  Args:
+    text: None for the default stdlib corpus, else a text file or a folder of text files.
+    vocab_size: BPE vocabulary size, the special ``<|endoftext|>`` token included. A small corpus
+      may end with fewer merges than asked; ``Corpus.vocab_size`` is always ``vocab_size`` so
+      model shapes do not depend on the corpus (unused ids are never targets).
+    val_fraction: fraction of files (by path hash) held out for validation.
+    tokenizer_train_chars: the BPE is trained on at most this many characters of training text.
+    cache_dir: cache root; default ``$EMBER_CACHE`` or ``~/.cache/ember_optax``.
+    verbose: print what is being built and how long it took.
+  """
+  if vocab_size < 257:
+    raise ValueError(
+      f"vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}"
+    )
+  root, files = list_files(text)
+  settings = {
+    "vocab_size": vocab_size,
+    "val_fraction": val_fraction,
+    "tokenizer_train_chars": tokenizer_train_chars,
+    "single_file": len(files) == 1,
+  }
+  key = _corpus_key(root, files, settings)
+  base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+  cdir = base / f"{'stdlib' if text is None else 'text'}-v{vocab_size}-{key}"
+  tok_path, meta_path = cdir / "tokenizer.json", cdir / "meta.json"
+  train_path, val_path = cdir / "train.npy", cdir / "val.npy"
+  dtype = np.uint16 if vocab_size <= 2**16 else np.int32
+
+  cache_hit = all(p.exists() for p in (tok_path, meta_path, train_path, val_path))
+  if cache_hit:
+    info = json.loads(meta_path.read_text())
+    train_tokens = np.load(train_path)
+    val_tokens = np.load(val_path)
+  else:
+    start = time.perf_counter()
+    cdir.mkdir(parents=True, exist_ok=True)
+    if len(files) == 1:
+      # One file: split by position (the tail is validation), the only split a single
+      # document allows.
+      whole = _read_text(root / files[0]) or ""
+      cut = int(len(whole) * (1.0 - val_fraction))
+      train_texts, val_texts = [whole[:cut]], [whole[cut:]]
+      train_files, val_files = files, files
+      split_rule = f"single file: last {val_fraction:.0%} of characters is validation"
+    else:
+      train_files, val_files = split_files(files, val_fraction)
+      train_texts = [t for t in (_read_text(root / f) for f in train_files) if t]
+      val_texts = [t for t in (_read_text(root / f) for f in val_files) if t]
+      split_rule = f"by file: sha256(relative path) < {val_fraction} is validation"
+    if not train_texts or not val_texts:
+      raise ValueError(f"corpus {root} has no readable text on one side of the split")
+    if verbose:
+      print(
+        f"[data] training a {vocab_size}-token byte-level BPE on "
+        f"{sum(map(len, train_texts)) / 1e6:.1f}M characters ...",
+        flush=True,
+      )
+    tmp_tok = cdir / f"tokenizer.json.{os.getpid()}.tmp"
+    _train_tokenizer(train_texts, vocab_size, tokenizer_train_chars, tmp_tok)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tmp_tok))
+    train_tokens = _encode(tokenizer, train_texts, dtype)
+    val_tokens = _encode(tokenizer, val_texts, dtype)
+    info = {
+      "corpus": "python-stdlib" if text is None else str(Path(text).expanduser()),
+      "root": str(root),
+      "files": len(files),
+      "train_files": len(train_files),
+      "val_files": len(val_files),
+      "train_chars": sum(map(len, train_texts)),
+      "val_chars": sum(map(len, val_texts)),
+      "train_tokens": int(train_tokens.size),
+      "val_tokens": int(val_tokens.size),
+      "vocab_size": vocab_size,
+      "tokenizer_vocab_used": tokenizer.get_vocab_size(),
+      "split": split_rule,
+      "tokenizer_train_chars": min(tokenizer_train_chars, sum(map(len, train_texts))),
+      "val_file_list": val_files,
+      "build_seconds": round(time.perf_counter() - start, 2),
+    }
+    # Every file is written under a temporary name and renamed into place, the tokenizer last,
+    # so that neither an interrupted build nor two processes building at once leave a cache
+    # that looks complete but is not.
+    _write_atomic(train_path, lambda f: np.save(f, train_tokens))
+    _write_atomic(val_path, lambda f: np.save(f, val_tokens))
+    _write_atomic(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    tmp_tok.replace(tok_path)
+    if verbose:
+      print(
+        f"[data] {info['train_tokens']:,} train / {info['val_tokens']:,} val tokens, "
+        f"built in {info['build_seconds']}s, cached in {cdir}",
+        flush=True,
+      )
+  counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.int64)
+  return Corpus(
+    train_tokens=train_tokens,
+    val_tokens=val_tokens,
+    vocab_size=vocab_size,
+    train_counts=counts[:vocab_size],
+    tokenizer_path=tok_path,
+    cache_dir=cdir,
+    cache_hit=cache_hit,
+    info=info,
+  )
+
+
+def train_batches(
+  tokens: np.ndarray, *, batch_size: int, seq_len: int, steps: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields ``steps`` batches ``(inputs, targets)`` of shape ``(batch_size, seq_len)``, int32.
+
+  Window starts are drawn uniformly from the training stream by ``np.random.default_rng(seed)``,
+  all up front, so the batches depend on ``seed`` only, never on the optimizer being trained.
+  """
+  if tokens.size < seq_len + 2:
+    raise ValueError(
+      f"training stream has {tokens.size} tokens, fewer than seq_len + 2 = "
+      f"{seq_len + 2}; use a bigger corpus or a shorter seq_len"
+    )
+  rng = np.random.default_rng(seed)
+  starts = rng.integers(0, tokens.size - seq_len - 1, size=(steps, batch_size))
+  offsets = np.arange(seq_len + 1)
+  for step_starts in starts:
+    window = tokens[step_starts[:, None] + offsets].astype(np.int32)
+    yield window[:, :-1], window[:, 1:]
+
+
+def val_batches(
+  tokens: np.ndarray, *, batch_size: int, seq_len: int, num_batches: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Fixed validation batches: ``num_batches * batch_size`` windows spread evenly over ``tokens``.
+
+  Evenly spaced starts cover the whole validation stream (many files, not just the first one).
+  When the stream is short, windows overlap, and fewer batches are returned if it is shorter than
+  one window.
+  """
+  if tokens.size < seq_len + 1:
+    raise ValueError(
+      f"validation stream has {tokens.size} tokens, fewer than seq_len + 1 = "
+      f"{seq_len + 1}; use a bigger corpus, a larger val_fraction or a "
+      f"shorter seq_len"
+    )
+  n = num_batches * batch_size
+  starts = np.linspace(0, tokens.size - seq_len - 1, n).round().astype(np.int64)
+  offsets = np.arange(seq_len + 1)
+  window = tokens[starts[:, None] + offsets].astype(np.int32)
+  window = window.reshape(num_batches, batch_size, seq_len + 1)
+  return [(w[:, :-1], w[:, 1:]) for w in window]
