@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ember_optax._src import checks
+
 __all__ = (
     'effective_rank',
     'group_sizes',
@@ -305,19 +307,6 @@ def tree_bytes(tree: Any) -> int:
   return sum(_leaf_bytes(leaf) for leaf in jax.tree.leaves(tree))
 
 
-def _path_key(path: tuple[Any, ...]) -> tuple[str, ...]:
-  """A key path as names, without the ``value`` attribute of Flax variables."""
-  names = []
-  for key in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  return tuple(name for name in names if name not in ('value', 'raw_value'))
-
-
 def _is_partition_state(node: Any) -> bool:
   return isinstance(node, optax.PartitionState | optax.MultiTransformState)
 
@@ -367,7 +356,7 @@ def state_bytes_by_group(state: Any, labels: Any | None = None) -> dict[str, int
   label_paths = None
   if labels is not None:
     labelled = jax.tree_util.tree_leaves_with_path(labels)
-    label_paths = [_path_key(path) for path, _ in labelled]
+    label_paths = [checks.path_names(path) for path, _ in labelled]
     label_leaves = [label for _, label in labelled]
 
   def mirrors_params(node: Any) -> bool:
@@ -379,7 +368,7 @@ def state_bytes_by_group(state: Any, labels: Any | None = None) -> dict[str, int
     leaves = jax.tree_util.tree_leaves_with_path(node)
     if len(leaves) != len(label_paths):
       return False
-    return [_path_key(path) for path, _ in leaves] == label_paths
+    return [checks.path_names(path) for path, _ in leaves] == label_paths
 
   groups: dict[str, int] = {}
   if labels is not None:

@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 
-from models import data as data_lib
 from models import train as train_lib
 
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2)
@@ -42,14 +41,7 @@ def run_benchmark(config: train_lib.TrainConfig, lrs: Sequence[float] = DEFAULT_
   """
   cfg = config.resolved()
   out_dir = Path(cfg.out) if cfg.out else None
-  corpus = data_lib.load_corpus(
-    cfg.text,
-    vocab_size=cfg.vocab_size,
-    val_fraction=cfg.val_fraction,
-    tokenizer_train_chars=cfg.tokenizer_train_chars,
-    cache_dir=cfg.cache_dir,
-    verbose=cfg.verbose,
-  )
+  corpus = train_lib.load_corpus(cfg)
   started = time.perf_counter()
   lrs = sorted(float(lr) for lr in lrs)
   runs, grid = [], {setup: {} for setup in cfg.setups}

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 import ember_optax
+from ember_optax.diagnostics import tree_bytes
 from models import gpt
 
 DEFAULT_SHAPES = ('32768x512', '50304x768', '131072x1024')
@@ -64,10 +65,6 @@ class Measurement:
   median_ms: float
   state_bytes: int
   temp_bytes: int
-
-
-def tree_bytes(tree) -> int:
-  return sum(x.nbytes for x in jax.tree.leaves(tree) if hasattr(x, 'nbytes'))
 
 
 def make_step(optimizer: optax.GradientTransformation) -> Callable:

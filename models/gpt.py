@@ -19,6 +19,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from ember_optax._src.checks import path_names
+
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -227,22 +229,6 @@ def token_table_paths(config: GPTConfig) -> set[tuple[str, ...]]:
   if not config.tie_embeddings:
     paths.add(("lm_head", "kernel"))
   return paths
-
-
-def path_names(path) -> tuple[str, ...]:
-  """A JAX key path as plain names, without the ``value`` of NNX variables.
-
-  ``(DictKey('lm_head'), DictKey('kernel'), GetAttrKey('value'))`` -> ``('lm_head', 'kernel')``.
-  """
-  names = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  return tuple(names[:-1] if names and names[-1] == "value" else names)
 
 
 def table_labels(params, config: GPTConfig):

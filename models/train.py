@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 import ember_optax
+from ember_optax.diagnostics import tree_bytes
 from models import data as data_lib
 from models.gpt import (
   GPT,
@@ -211,15 +212,6 @@ def make_optimizer(setup: str, cfg: TrainConfig) -> optax.GradientTransformation
       labels=labels,
     )
   return optax.partition({TABLE: table_transform(setup, cfg), BODY: body}, labels)
-
-
-def tree_bytes(tree) -> int:
-  """Sum of ``size * itemsize`` over the array leaves (arrays or ``jax.ShapeDtypeStruct``)."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-      total += math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-  return total
 
 
 def _table_params(params, model_cfg: GPTConfig) -> dict:
@@ -439,6 +431,18 @@ def plot_curves(runs: list[dict], path: Path, title: str = "") -> None:
   plt.close(fig)
 
 
+def load_corpus(cfg: TrainConfig) -> data_lib.Corpus:
+  """The tokenized corpus that ``cfg`` (resolved) names."""
+  return data_lib.load_corpus(
+    cfg.text,
+    vocab_size=cfg.vocab_size,
+    val_fraction=cfg.val_fraction,
+    tokenizer_train_chars=cfg.tokenizer_train_chars,
+    cache_dir=cfg.cache_dir,
+    verbose=cfg.verbose,
+  )
+
+
 def run(config: TrainConfig, corpus: data_lib.Corpus | None = None) -> dict:
   """Runs the comparison and returns the results dict (also written to ``config.out``).
 
@@ -450,14 +454,7 @@ def run(config: TrainConfig, corpus: data_lib.Corpus | None = None) -> dict:
   cfg = config.resolved()
   log = print if cfg.verbose else (lambda *a, **k: None)
   if corpus is None:
-    corpus = data_lib.load_corpus(
-      cfg.text,
-      vocab_size=cfg.vocab_size,
-      val_fraction=cfg.val_fraction,
-      tokenizer_train_chars=cfg.tokenizer_train_chars,
-      cache_dir=cfg.cache_dir,
-      verbose=cfg.verbose,
-    )
+    corpus = load_corpus(cfg)
   model_cfg = model_config(cfg)
   curve_batches = data_lib.val_batches(
     corpus.val_tokens,

@@ -13,19 +13,29 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def path_str(path: tuple[Any, ...]) -> str:
-  """Renders a pytree key path as ``a/b/0/c`` for error messages."""
-  if not path:
-    return '<root>'
-  parts = []
+def path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+  """A pytree key path as plain names.
+
+  Flax wraps arrays in ``nnx.Variable`` and linen boxes, which add an attribute
+  step (``.value``) to every path; those steps are dropped, while a module that
+  is itself named ``value`` (an attention projection) is kept.
+  """
+  names = []
   for key in path:
+    if isinstance(key, jax.tree_util.GetAttrKey) and key.name in ('value', 'raw_value'):
+      continue
     for attr in ('key', 'name', 'idx'):
       if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
+        names.append(str(getattr(key, attr)))
         break
     else:
-      parts.append(str(key))
-  return '/'.join(parts)
+      names.append(str(key))
+  return tuple(names)
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+  """Renders a pytree key path as ``a/b/0/c`` for error messages."""
+  return '/'.join(path_names(path)) or '<root>'
 
 
 def _concrete_number(value: Any) -> float | None:

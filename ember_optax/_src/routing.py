@@ -36,15 +36,14 @@ TOKEN_TABLE_NAMES = frozenset({
     'output_embeddings',
 })
 
-# Path segments that are containers rather than names.
-_STRUCTURAL_SEGMENTS = frozenset({'value', 'params', 'raw_value'})
+# Linen's top-level collection name, not part of any parameter's name.
+_COLLECTION_NAMES = frozenset({'params'})
 
 TokenTablePredicate = Callable[[str, Any], bool]
 
 
 def _segments(path: tuple[Any, ...]) -> list[str]:
-  names = checks.path_str(path).split('/')
-  return [name for name in names if name not in _STRUCTURAL_SEGMENTS]
+  return [name for name in checks.path_names(path) if name not in _COLLECTION_NAMES]
 
 
 def is_token_table_by_name(path: str, leaf: Any) -> bool:
