@@ -150,6 +150,13 @@ def test_state_shapes_and_dtypes_are_stable_across_steps():
   )
 
 
+def test_empty_table_is_a_no_op():
+  optimizer = ember_optax.ember(1e-2)
+  params = jnp.zeros((0, 4))
+  updates, state = optimizer.update(params, optimizer.init(params), params)
+  assert updates.shape == (0, 4) and state[0].col.shape == (4,)
+
+
 def test_all_zero_gradient_gives_zero_update():
   optimizer = ember_optax.scale_by_ember()
   params = jnp.ones((5, 4))

@@ -130,7 +130,7 @@ def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``(row_sums, col_sums)`` of shapes ``grad.shape[:-1]`` and
     ``grad.shape[:-2] + grad.shape[-1:]``, in the statistics dtype.
   """
-  if jax.device_count() > 1:
+  if jax.device_count() > 1 or grad.size == 0:
     # A sequential loop over a sharded axis would make the SPMD partitioner
     # gather the table, so multi-device runs keep the partitionable form.
     return _squared_sums_two_pass(grad)
