@@ -130,7 +130,9 @@ def ember_adamw(
       return routing.token_table_labels(
           params, vocab_size=vocab_size, is_token_table=is_token_table
       )
-    result = labels(params) if callable(labels) else labels
+    if not callable(labels):
+      return labels  # Checked once, at construction.
+    result = labels(params)
     routing.check_labels(result, allowed)
     return result
 
