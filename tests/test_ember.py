@@ -10,7 +10,6 @@ import optax
 import pytest
 
 import ember_optax
-from ember_optax._src import transform
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden'
 CASES = json.loads((GOLDEN / 'cases.json').read_text())
@@ -76,15 +75,6 @@ def test_matches_float64_rule_on_stacked_and_chunked_tables(shape):
   np.testing.assert_allclose(state[0].row, row, rtol=1e-5)
   np.testing.assert_allclose(state[0].col, col, rtol=1e-5)
   np.testing.assert_allclose(state[0].scale, scale, rtol=1e-5)
-
-
-def test_single_pass_kernel_equals_two_pass_kernel():
-  grad = jax.random.normal(jax.random.PRNGKey(0), (3, 1111, 96), jnp.bfloat16)
-  one = transform._squared_sums_single_pass(grad)
-  two = transform._squared_sums_two_pass(grad)
-  for a, b in zip(one, two, strict=True):
-    assert a.dtype == jnp.float32
-    np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
 def test_state_is_v_plus_d_plus_one_floats_per_table():

@@ -9,20 +9,11 @@ from jax import lax
 import jax.numpy as jnp
 from optax._src import base, numerics
 
-from ember_optax._src import checks, layout
+from ember_optax._src import checks, cpu_kernel, layout
 
 # Below this, the scalar statistic is treated as zero: it only guards the
 # division when every gradient so far was exactly zero.
 MIN_SCALE = 1e-30
-
-# Rows of the gradient processed per chunk by the single-pass CPU kernel: a
-# chunk of about this many bytes stays in cache while both of its reductions
-# read it, so the gradient is streamed from memory once instead of twice.
-# A chunk is also at most this fraction of a table, so that its buffer stays a
-# small share of the step's memory however small the table.
-_CHUNK_BYTES = 1 << 20
-_MAX_CHUNK_FRACTION = 1 / 64
-
 
 class ScaleByEmberState(NamedTuple):
   """State of :func:`scale_by_ember`.
@@ -54,11 +45,11 @@ def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
   return jnp.zeros_like(target)
 
 
-def _squared_sums_two_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Row and column sums of ``grad**2`` as two independent reductions.
+def _squared_sums_xla(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Row and column sums of ``grad**2`` as two independent XLA reductions.
 
-  Used where XLA fuses each reduction with its producer (GPU, TPU) and where the
-  table may be sharded, since both reductions partition without moving the table.
+  XLA fuses each reduction with its producer on GPU and TPU, and partitions both
+  without moving a sharded table.
   """
   g = grad.astype(statistics_dtype(grad.dtype))
   # Squaring through abs for the column sums keeps XLA from sharing one g*g
@@ -68,60 +59,11 @@ def _squared_sums_two_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
   return row_sums, col_sums
 
 
-def _squared_sums_single_pass(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Row and column sums of ``grad**2``, reading the gradient from memory once.
-
-  Walks each ``(V, D)`` table in chunks of rows small enough to stay in cache
-  while both of their reductions read them. Slices are taken from the original
-  array (no reshaped or padded copy); the last chunk of a table is shifted back
-  to end at the table's edge, and its rows already counted are masked out of the
-  column sums.
-  """
-  *leading, n_rows, n_cols = grad.shape
-  n_tables = math.prod(leading)
-  stat_dtype = statistics_dtype(grad.dtype)
-  row_bytes = n_cols * grad.dtype.itemsize
-  chunk_bytes = min(_CHUNK_BYTES, int(n_rows * row_bytes * _MAX_CHUNK_FRACTION))
-  chunk = max(1, min(n_rows, chunk_bytes // row_bytes))
-  chunks_per_table = -(-n_rows // chunk)
-  rows = grad.reshape(n_tables * n_rows, n_cols)
-  ones_cols = jnp.ones((n_cols,), stat_dtype)
-  offsets_in_chunk = jnp.arange(chunk)
-
-  def accumulate(index, sums):
-    row_sums, col_sums = sums
-    table, chunk_index = index // chunks_per_table, index % chunks_per_table
-    wanted_start = chunk_index * chunk
-    start = jnp.minimum(wanted_start, n_rows - chunk)
-    block = lax.dynamic_slice_in_dim(rows, table * n_rows + start, chunk)
-    squares = jnp.square(block.astype(stat_dtype))
-    fresh = (start + offsets_in_chunk >= wanted_start).astype(stat_dtype)
-    # Matrix-vector products run at full speed on a cache-resident block, where
-    # XLA:CPU's strided reductions do not.
-    block_col_sums = jnp.dot(fresh, squares, precision=lax.Precision.HIGHEST)
-    block_row_sums = jnp.dot(squares, ones_cols, precision=lax.Precision.HIGHEST)
-    row_sums = lax.dynamic_update_slice_in_dim(
-        row_sums, block_row_sums, table * n_rows + start, axis=0
-    )
-    col_sums = lax.dynamic_update_index_in_dim(
-        col_sums, col_sums[table] + block_col_sums, table, axis=0
-    )
-    return row_sums, col_sums
-
-  row_sums, col_sums = lax.fori_loop(
-      0,
-      n_tables * chunks_per_table,
-      accumulate,
-      (jnp.zeros((n_tables * n_rows,), stat_dtype), jnp.zeros((n_tables, n_cols), stat_dtype)),
-  )
-  return row_sums.reshape(*leading, n_rows), col_sums.reshape(*leading, n_cols)
-
-
 def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Sums of ``grad**2`` over the last axis and over the second-to-last axis.
 
-  On a single CPU device the gradient is read once, chunk by chunk; elsewhere the
-  two reductions are left to XLA, which fuses and partitions them.
+  On a single CPU device a compiled kernel reads the gradient once on all cores
+  (see ``cpu_kernel``); elsewhere the two reductions are left to XLA.
 
   Args:
     grad: an array of at least two dimensions.
@@ -130,13 +72,11 @@ def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``(row_sums, col_sums)`` of shapes ``grad.shape[:-1]`` and
     ``grad.shape[:-2] + grad.shape[-1:]``, in the statistics dtype.
   """
-  if jax.device_count() > 1 or grad.size == 0:
-    # A sequential loop over a sharded axis would make the SPMD partitioner
-    # gather the table, so multi-device runs keep the partitionable form.
-    return _squared_sums_two_pass(grad)
-  return lax.platform_dependent(
-      grad, cpu=_squared_sums_single_pass, default=_squared_sums_two_pass
-  )
+  # A custom call cannot be partitioned, and XLA would gather a sharded table
+  # to run it, so multi-device runs keep the reductions.
+  if jax.device_count() > 1 or grad.size == 0 or not cpu_kernel.supports(grad.dtype):
+    return _squared_sums_xla(grad)
+  return lax.platform_dependent(grad, cpu=cpu_kernel.squared_sums, default=_squared_sums_xla)
 
 
 def scale_by_ember(
