@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import bench_quality
 from models import data as data_lib
 from models import train as train_lib
 from models.gpt import GPT, PRESETS, GPTConfig, path_names, table_labels, token_table_paths
@@ -318,3 +319,58 @@ def test_cli_with_text_folder(corpus_dir, cache_dir, tmp_path):
   run = results["runs"][0]
   assert (run["lr"], run["table_lr"]) == (3e-3, 1e-2)
   assert json.loads((tmp_path / "results.json").read_text())["config"]["text"] == str(corpus_dir)
+
+
+# --- quality benchmark -------------------------------------------------------------------------
+
+
+def _bench_args(corpus_dir, cache_dir, out, lrs):
+  return [
+    "--preset", "tiny", "--text", str(corpus_dir), "--cache-dir", str(cache_dir),
+    "--steps", "8", "--eval-every", "4", "--final-eval-batches", "2",
+    "--setups", "adamw", "ember", "--seeds", "0", "1", "--lrs", *lrs,
+    "--out", str(out), "--no-progress",
+  ]  # fmt: skip
+
+
+def test_quality_benchmark_selects_pairs_and_merges(corpus_dir, cache_dir, tmp_path):
+  """A two-point sweep; ``--summarize`` on its halves, one per learning rate, agrees with it."""
+  whole = bench_quality.main(_bench_args(corpus_dir, cache_dir, tmp_path, ["1e-2", "3e-3"]))
+  assert whole["lrs"] == [3e-3, 1e-2]
+  assert len(whole["runs"]) == 2 * 2 * 2  # setups x seeds x learning rates
+  for setup, best in whole["best"].items():
+    by_lr = {lr: whole["grid"][setup][str(lr)]["final_val_loss"] for lr in whole["lrs"]}
+    assert best["best_lr"] == min(by_lr, key=by_lr.get)
+    assert best["lr_on_grid_edge"]  # Two points: both are edges.
+
+  # Ember minus AdamW, seed by seed, each at its best learning rate.
+  def loss(setup, seed):
+    (run,) = [r for r in whole["runs"] if r["setup"] == setup and r["seed"] == seed
+              and r["lr"] == whole["best"][setup]["best_lr"]]
+    return run["final_val_loss"]
+
+  diffs = [loss("ember", seed) - loss("adamw", seed) for seed in (0, 1)]
+  paired = whole["paired"]["adamw"]
+  assert paired["seeds"] == [0, 1]
+  assert paired["final_val_loss"] == pytest.approx(np.mean(diffs))
+  assert paired["final_val_loss_std"] == pytest.approx(np.std(diffs))
+  assert "| ember minus | seeds |" in (tmp_path / "bench.md").read_text()
+
+  saved = json.loads((tmp_path / "bench.json").read_text())
+  halves = []
+  for lr in whole["lrs"]:
+    halves.append(tmp_path / f"lr{lr:g}.json")
+    runs = [r for r in saved["runs"] if r["lr"] == lr]
+    halves[-1].write_text(json.dumps({**saved, "runs": runs}))
+  merged = bench_quality.main(["--summarize", *map(str, halves), "--out", str(tmp_path / "merged")])
+  for key in ("lrs", "best", "paired", "grid_table", "table", "paired_table"):
+    assert merged[key] == whole[key], key
+  assert (tmp_path / "merged" / "bench.md").read_text() == (tmp_path / "bench.md").read_text()
+
+  with pytest.raises(ValueError, match="repeats"):
+    bench_quality.summarize_saved([tmp_path / "bench.json", halves[0]])
+  other = json.loads(halves[1].read_text())
+  other["config"]["steps"] = 9
+  halves[1].write_text(json.dumps(other))
+  with pytest.raises(ValueError, match=r"\['steps'\]"):
+    bench_quality.summarize_saved(halves)
