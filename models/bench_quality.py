@@ -168,56 +168,41 @@ def _loss_key(summary: dict) -> float:
 
 def format_best(best: dict) -> str:
   """Markdown table: each setup at its own best learning rate, mean ± std over seeds."""
-  lines = [
-    "| setup | best lr | seeds | final val loss | rare-token val loss | opt. state, tables "
-    "| opt. state, model | step time |",
-    "|" + "---|" * 8,
-  ]
-  for setup, s in best.items():
-    edge = " (grid edge)" if s["lr_on_grid_edge"] else ""
-    lines.append(
-      f"| {setup} | {s['best_lr']:g}{edge} | {len(s['seeds'])} "
-      f"| {s['final_val_loss']:.4f} ± {s['final_val_loss_std']:.4f} "
-      f"| {s['rare_val_loss']:.4f} ± {s['rare_val_loss_std']:.4f} "
-      f"| {train_lib.format_bytes(s['table_state_bytes'])} "
-      f"| {train_lib.format_bytes(s['model_state_bytes'])} "
-      f"| {1e3 * s['mean_step_time_s']:.1f} ms |"
-    )
-  return "\n".join(lines)
+  header = ("setup", "best lr", "seeds", "final val loss", "rare-token val loss",
+            "opt. state, tables", "opt. state, model", "step time")
+  return train_lib.markdown_table(header, (
+    (setup, f"{s['best_lr']:g}" + (" (grid edge)" if s["lr_on_grid_edge"] else ""),
+     str(len(s["seeds"])), train_lib.format_mean_std(s, "final_val_loss"),
+     train_lib.format_mean_std(s, "rare_val_loss"),
+     train_lib.format_bytes(s["table_state_bytes"]),
+     train_lib.format_bytes(s["model_state_bytes"]), f"{1e3 * s['mean_step_time_s']:.1f} ms")
+    for setup, s in best.items()
+  ))
 
 
 def format_grid(grid: dict, lrs: Sequence[float]) -> str:
   """Markdown table: mean final validation loss of every setup at every learning rate."""
-  lines = [
-    "| setup | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-    "|" + "---|" * (len(lrs) + 1),
-  ]
+  rows = []
   for setup, by_lr in grid.items():
     best_lr = min(by_lr, key=lambda lr: _loss_key(by_lr[lr]))
     cells = []
     for lr in lrs:
-      s = by_lr[lr]
-      cell = f"{s['final_val_loss']:.4f} ± {s['final_val_loss_std']:.4f}"
+      cell = train_lib.format_mean_std(by_lr[lr], "final_val_loss")
       cells.append(f"**{cell}**" if lr == best_lr else cell)
-    lines.append(f"| {setup} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append([setup, *cells])
+  return train_lib.markdown_table(["setup"] + [f"lr {lr:g}" for lr in lrs], rows)
 
 
 def format_paired(paired: dict, reference: str = "ember") -> str:
   """Markdown table of :func:`paired_differences`; empty if there is nothing to compare."""
   if not paired:
     return ""
-  lines = [
-    f"| {reference} minus | seeds | final val loss | rare-token val loss |",
-    "|" + "---|" * 4,
-  ]
-  for setup, d in paired.items():
-    lines.append(
-      f"| {setup} | {len(d['seeds'])} "
-      f"| {d['final_val_loss']:+.4f} ± {d['final_val_loss_std']:.4f} "
-      f"| {d['rare_val_loss']:+.4f} ± {d['rare_val_loss_std']:.4f} |"
-    )
-  return "\n".join(lines)
+  header = (f"{reference} minus", "seeds", "final val loss", "rare-token val loss")
+  return train_lib.markdown_table(header, (
+    (setup, str(len(d["seeds"])), train_lib.format_mean_std(d, "final_val_loss", signed=True),
+     train_lib.format_mean_std(d, "rare_val_loss", signed=True))
+    for setup, d in paired.items()
+  ))
 
 
 def _training_settings(config: dict) -> dict:

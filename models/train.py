@@ -29,7 +29,7 @@ initialized on the token-table leaves alone (``jax.eval_shape``, nothing is allo
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 import dataclasses
 import functools
 import json
@@ -369,25 +369,34 @@ def format_bytes(n: int) -> str:
   raise AssertionError
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+  """A Markdown table from a header and rows of already formatted cells."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def format_mean_std(stats: dict, key: str, signed: bool = False) -> str:
+  """``stats[key] ± stats[key + "_std"]`` to four decimals."""
+  mean = f"{stats[key]:+.4f}" if signed else f"{stats[key]:.4f}"
+  return f"{mean} ± {stats[key + '_std']:.4f}"
+
+
 def format_table(summary: dict) -> str:
   """The summary as a Markdown table (one row per setup)."""
   multi = any(len(s["seeds"]) > 1 for s in summary.values())
 
   def loss(s, key):
-    return f"{s[key]:.4f} ± {s[key + '_std']:.4f}" if multi else f"{s[key]:.4f}"
+    return format_mean_std(s, key) if multi else f"{s[key]:.4f}"
 
-  head = (
-    "| setup | lr (body / tables) | final val loss | rare-token val loss "
-    "| opt. state, tables | opt. state, model | step time |"
-  )
-  lines = [head, "|" + "---|" * 7]
-  for name, s in summary.items():
-    lines.append(
-      f"| {name} | {s['lr']:.3g} / {s['table_lr']:.3g} | {loss(s, 'final_val_loss')} "
-      f"| {loss(s, 'rare_val_loss')} | {format_bytes(s['table_state_bytes'])} "
-      f"| {format_bytes(s['model_state_bytes'])} | {1e3 * s['mean_step_time_s']:.1f} ms |"
-    )
-  return "\n".join(lines)
+  header = ("setup", "lr (body / tables)", "final val loss", "rare-token val loss",
+            "opt. state, tables", "opt. state, model", "step time")
+  return markdown_table(header, (
+    (name, f"{s['lr']:.3g} / {s['table_lr']:.3g}", loss(s, "final_val_loss"),
+     loss(s, "rare_val_loss"), format_bytes(s["table_state_bytes"]),
+     format_bytes(s["model_state_bytes"]), f"{1e3 * s['mean_step_time_s']:.1f} ms")
+    for name, s in summary.items()
+  ))
 
 
 def plot_curves(runs: list[dict], path: Path, title: str = "") -> None:
