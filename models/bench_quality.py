@@ -1,158 +1,238 @@
 """Quality benchmark: each optimizer setup at its own best learning rate, over several seeds.
 
-    python -m models.bench_quality                                   # small preset, defaults
+    python -m models.bench_quality                                 # the main job's settings
     python -m models.bench_quality --lrs 1e-3 3e-3 1e-2 --seeds 0 1 2 --steps 300 --out DIR
+    python -m models.bench_quality --sweep table-lr --setups ember --lr 2e-3   # the tables alone
 
-For every learning rate of the grid the main job (``models.train.run``) trains every setup on every
+For every learning rate of the grid the main job (``models.train.run``) trains the setup on every
 seed; within a seed all setups and learning rates start from the same initialization and see the
-same batches. The learning rate is the shared peak rate of the setup (body and token tables alike;
-the body is AdamW in every setup). Each setup is then reported at the grid point with the lowest
-mean final validation loss over the seeds, as mean ± std (population std over seeds) of the final
-validation loss and of the rare-token validation loss. A best learning rate on the edge of the grid
-is flagged: the grid should be widened on that side.
+same batches. ``--sweep lr`` (the default) sweeps each setup's peak learning rate, body and token
+tables alike; ``--sweep table-lr`` keeps the body at ``--lr`` (or the preset's rate) and sweeps the
+token tables' alone, which is how a user of ``ember_adamw`` picks ``ember_learning_rate`` next to
+the AdamW learning rate they already have.
 
-Within a seed the setups differ only by their optimizer, so the benchmark also reports Ember's
-loss minus each other setup's seed by seed (each at its own best learning rate), as mean ± std:
-a much less noisy comparison than the difference of the means.
+Each setup is reported at the grid point with the lowest mean final validation loss over the
+seeds. A best point on the edge of the grid makes the benchmark extend the grid on that side (by
+the ratio of the two outermost points, up to ``--extend`` times), so that the best is bracketed.
+Within a seed the setups differ only by their optimizer, so Ember is compared with each other setup
+seed by seed (each at its own best learning rate): the mean difference with its 95% t interval,
+and a verdict, "better" (the whole interval below zero), "worse" (above) or "no different".
 
-Writes ``bench.json`` (every run, the grid, the selection) and ``bench.md`` (the tables) to
-``--out``. Accepts the main job's flags (preset, steps, text, ...), except the learning-rate ones.
-``--summarize BENCH_JSON...`` trains nothing and recomputes the tables from saved runs, merging
-several files (a sweep and its extension to more learning rates, say).
+Writes ``bench.json`` (every run, the grid, the selection, the comparison) and ``bench.md`` (the
+tables) to ``--out`` (default ``out/bench_quality/<date-time>``). ``--summarize BENCH_JSON...``
+trains nothing and recomputes the tables from saved runs, merging several files (a sweep and its
+extension, say). With ``--checkpoint-dir``, an interrupted sweep resumes where it stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
+import datetime
 import json
 from pathlib import Path
 import time
 
 import numpy as np
 
+from models import cli, reporting
 from models import train as train_lib
+from models.config import ConfigError, TrainConfig, resolve
 
-DEFAULT_LRS = (1e-3, 3e-3, 1e-2)
-DEFAULT_SEEDS = (0, 1, 2)
+PROG = "python -m models.bench_quality"
+DEFAULT_LRS = (1e-3, 2e-3, 4e-3, 8e-3)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+SWEEPS = {"lr": "lr", "table-lr": "table_lr"}  # --sweep value -> the run's swept field.
 
 
-def run_benchmark(config: train_lib.TrainConfig, lrs: Sequence[float] = DEFAULT_LRS) -> dict:
-  """Sweeps ``lrs`` for every setup and seed of ``config``; returns the benchmark results.
+def run_benchmark(
+  config: TrainConfig,
+  lrs: Sequence[float] = DEFAULT_LRS,
+  sweep: str = "lr",
+  extend: int = 2,
+  verbose: bool = True,
+) -> dict:
+  """Sweeps ``lrs`` for every setup and seed of ``config``; returns the benchmark's results.
+
+  Args:
+    config: the runs' settings; its learning-rate settings other than the body's ``lr`` (for
+      ``sweep="table-lr"``) are replaced by the sweep.
+    lrs: the starting grid of peak learning rates.
+    sweep: ``"lr"`` (body and tables) or ``"table-lr"`` (the tables alone).
+    extend: how many times a setup's grid may grow on each side to bracket its best.
+    verbose: print progress.
 
   Returns:
-    The dict of :func:`summarize_benchmark`, plus ``"data"`` and ``"total_time_s"``.
+    The dict of :func:`summarize_benchmark`, plus ``"data"``, ``"environment"`` and
+    ``"total_time_s"``.
   """
-  cfg = config.resolved()
-  corpus = train_lib.load_corpus(cfg)
+  if sweep not in SWEEPS:
+    raise ConfigError(f"--sweep must be one of {list(SWEEPS)}, got {sweep!r}")
+  if not lrs or any(not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0)
+                    for lr in lrs):
+    raise ConfigError(f"--lrs must be positive, finite learning rates, got {list(lrs)}")
+  if len(set(lrs)) != len(lrs):
+    raise ConfigError(f"--lrs must not repeat a learning rate, got {list(lrs)}")
+  if extend < 0:
+    raise ConfigError(f"--extend must be >= 0, got {extend}")
+  plan = resolve(config)
+  log: Callable[..., None] = print if verbose else (lambda *a, **k: None)
+  corpus = train_lib.load_corpus(plan, verbose)
   started = time.perf_counter()
   runs = []
-  for lr in sorted(float(lr) for lr in lrs):
-    if cfg.verbose:
-      print(f"\n[bench] learning rate {lr:g}", flush=True)
-    sub = dataclasses.replace(cfg, lr=lr, table_lr=None, setup_lr={}, setup_table_lr={}, out=None)
-    runs.extend(train_lib.run(sub, corpus=corpus)["runs"])
-  results = summarize_benchmark(dataclasses.asdict(cfg), runs)
+  for setup in plan.config.setups:
+    grid, done, extensions = sorted(float(lr) for lr in lrs), set(), {"low": 0, "high": 0}
+    while True:
+      for lr in grid:
+        if lr not in done:
+          runs.extend(_run_point(config, setup, lr, sweep, corpus))
+          done.add(lr)
+          point = reporting.summarize([r for r in runs if r["setup"] == setup
+                                       and r[SWEEPS[sweep]] == lr])[setup]["final_val_loss"]
+          log(f"[bench] {setup} at {sweep} {lr:g}: final val loss "
+              f"{reporting.format_loss(point)}", flush=True)
+      by_lr = {lr: _mean_loss([r for r in runs if r["setup"] == setup
+                               and r[SWEEPS[sweep]] == lr]) for lr in grid}
+      best = min(by_lr, key=by_lr.get)
+      if len(grid) > 1 and best == grid[0] and extensions["low"] < extend:
+        grid.insert(0, grid[0] ** 2 / grid[1])
+        extensions["low"] += 1
+      elif len(grid) > 1 and best == grid[-1] and extensions["high"] < extend:
+        grid.append(grid[-1] ** 2 / grid[-2])
+        extensions["high"] += 1
+      else:
+        break
+  results = summarize_benchmark(
+    {**dataclasses.asdict(plan.config), "sweep": sweep},
+    {**plan.training_settings(), "sweep": sweep}, runs)
   results["data"] = {k: v for k, v in corpus.info.items() if k != "val_file_list"}
+  results["environment"] = reporting.environment(corpus.cache_dir)
   results["total_time_s"] = time.perf_counter() - started
-  report(results, Path(cfg.out) if cfg.out else None, verbose=cfg.verbose)
+  report(results, Path(plan.config.out) if plan.config.out else None, verbose=verbose)
   return results
 
 
-def summarize_benchmark(config: dict, runs: list[dict]) -> dict:
+def _run_point(config: TrainConfig, setup: str, lr: float, sweep: str, corpus) -> list[dict]:
+  """Every seed of ``setup`` at one learning rate of the sweep."""
+  rates = {"lr_for": {}, "table_lr": None, "table_lr_for": {}}
+  rates["lr_for" if sweep == "lr" else "table_lr_for"] = {setup: lr}
+  checkpoint_dir = config.checkpoint_dir and str(
+    Path(config.checkpoint_dir) / f"{setup}-{sweep}{lr:g}")
+  point = dataclasses.replace(
+    config, setups=(setup,), out=None, checkpoint_dir=checkpoint_dir, **rates)
+  return train_lib.run(point, corpus=corpus, verbose=False)["runs"]
+
+
+def _mean_loss(runs: Sequence[dict]) -> float:
+  """Mean final validation loss, with a diverged grid point (NaN) ranked last."""
+  loss = float(np.mean([r["final_val_loss"] for r in runs]))
+  return float("inf") if np.isnan(loss) else loss
+
+
+def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
   """Selects each setup's best learning rate and compares the setups, from the runs alone.
 
   Args:
-    config: the benchmark's configuration (``dataclasses.asdict`` of a ``TrainConfig``).
-    runs: the main job's run entries (``setup``, ``seed``, ``lr``, losses, ...) of every setup,
-      seed and learning rate.
+    config: the benchmark's configuration (``dataclasses.asdict`` of its ``TrainConfig``, with
+      ``"sweep"``).
+    settings: the runs' training settings (``Plan.training_settings()``, with ``"sweep"``).
+    runs: the main job's run entries of every setup, seed and learning rate.
 
   Returns:
-    ``{"config", "lrs", "grid", "best", "paired", "runs", "table", "grid_table",
-    "paired_table"}``: ``grid[setup][lr]`` is the per-setup summary at that learning rate
-    (``models.train.summarize``), ``best[setup]`` the summary at the setup's best learning rate
-    plus ``"best_lr"`` and ``"lr_on_grid_edge"``, and ``paired`` the per-seed differences of
-    :func:`paired_differences`.
+    ``{"config", "settings", "sweep", "grid", "best", "paired", "lr_rule", "runs", "grid_table",
+    "table", "paired_table"}``: ``grid[setup][lr]`` is the setup's summary at that learning rate
+    (``reporting.summarize``), ``best[setup]`` the summary at its best learning rate plus
+    ``"best_lr"`` and ``"lr_on_grid_edge"``, ``paired`` Ember minus every other setup at their
+    best learning rates (``reporting.paired_differences``), and ``lr_rule`` Ember's best
+    learning rate over AdamW's.
   """
+  key = SWEEPS[settings["sweep"]]
   setups = list(dict.fromkeys(r["setup"] for r in runs))
-  lrs = sorted({r["lr"] for r in runs})
-  grid = {setup: {} for setup in setups}
-  for lr in lrs:
-    for setup, summary in train_lib.summarize([r for r in runs if r["lr"] == lr], setups).items():
-      grid[setup][lr] = summary
-  best = {}
-  for setup, by_lr in grid.items():
-    best_lr = min(by_lr, key=lambda lr: _loss_key(by_lr[lr]))
-    best[setup] = {
-      **by_lr[best_lr],
-      "best_lr": best_lr,
-      "lr_on_grid_edge": len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
-    }
-  paired = paired_differences(best, runs)
+  grid, best, at_best = {}, {}, {}
+  for setup in setups:
+    lrs = sorted({r[key] for r in runs if r["setup"] == setup})
+    grid[setup] = {lr: reporting.summarize(
+      [r for r in runs if r["setup"] == setup and r[key] == lr])[setup] for lr in lrs}
+    best_lr = min(lrs, key=lambda lr: _mean_loss(
+      [r for r in runs if r["setup"] == setup and r[key] == lr]))
+    best[setup] = {**grid[setup][best_lr], "best_lr": best_lr,
+                   "lr_on_grid_edge": len(lrs) > 1 and best_lr in (lrs[0], lrs[-1])}
+    at_best[setup] = [r for r in runs if r["setup"] == setup and r[key] == best_lr]
+  paired = reporting.paired_differences(at_best)
+  lr_rule = None
+  if "ember" in best and "adamw" in best:
+    lr_rule = best["ember"]["best_lr"] / best["adamw"]["best_lr"]
   return {
     "config": config,
-    "lrs": lrs,
+    "settings": settings,
+    "sweep": settings["sweep"],
     "grid": {s: {str(lr): v for lr, v in g.items()} for s, g in grid.items()},
     "best": best,
     "paired": paired,
+    "lr_rule": lr_rule,
     "runs": runs,
-    "table": format_best(best),
-    "grid_table": format_grid(grid, lrs),
-    "paired_table": format_paired(paired),
+    "grid_table": format_grid(grid, key),
+    "table": format_best(best, key),
+    "paired_table": reporting.format_paired(paired),
   }
 
 
-def paired_differences(best: dict, runs: list[dict], reference: str = "ember") -> dict:
-  """``reference`` minus every other setup, seed by seed, each at its own best learning rate.
+def format_grid(grid: dict, key: str) -> str:
+  """Markdown table: mean ± std of the final validation loss of every setup at every point."""
+  lrs = sorted({lr for by_lr in grid.values() for lr in by_lr})
+  rows = []
+  for setup, by_lr in grid.items():
+    best_lr = min(by_lr, key=lambda lr: _loss_or_inf(by_lr[lr]))
+    cells = []
+    for lr in lrs:
+      if lr not in by_lr:
+        cells.append("")
+        continue
+      cell = reporting.format_loss(by_lr[lr]["final_val_loss"])
+      cells.append(f"**{cell}**" if lr == best_lr else cell)
+    rows.append([setup, *cells])
+  name = "lr" if key == "lr" else "table lr"
+  return reporting.markdown_table(["setup"] + [f"{name} {lr:g}" for lr in lrs], rows)
 
-  Within a seed every setup starts from the same initialization and sees the same batches, so
-  the difference cancels what the seed does to all setups alike and is much less noisy than
-  the difference of the means.
 
-  Returns:
-    ``{setup: {"seeds", "final_val_loss", "final_val_loss_std", "rare_val_loss",
-    "rare_val_loss_std"}}``: mean and (population) std over the seeds both setups ran; negative
-    means ``reference`` has the lower loss. Empty without ``reference``.
-  """
-  if reference not in best:
-    return {}
+def _loss_or_inf(summary: dict) -> float:
+  loss = summary["final_val_loss"]["mean"]
+  return float("inf") if np.isnan(loss) else loss
 
-  def at_best(setup):
-    return {r["seed"]: r for r in runs
-            if r["setup"] == setup and r["lr"] == best[setup]["best_lr"]}
 
-  ours = at_best(reference)
-  paired = {}
-  for setup in best:
-    if setup == reference:
-      continue
-    theirs = at_best(setup)
-    seeds = sorted(set(ours) & set(theirs))
-    entry = {"seeds": seeds}
-    for key in ("final_val_loss", "rare_val_loss"):
-      diffs = np.array([ours[seed][key] - theirs[seed][key] for seed in seeds])
-      entry[key], entry[key + "_std"] = float(diffs.mean()), float(diffs.std())
-    paired[setup] = entry
-  return paired
+def format_best(best: dict, key: str) -> str:
+  """Markdown table: each setup at its own best learning rate, mean ± std over seeds."""
+  header = ("setup", "best lr (body / tables)", "seeds", "final val loss", "rare-token val loss",
+            "opt. state, tables", "opt. state, model")
+  return reporting.markdown_table(header, (
+    (setup, f"{s['lr']:g} / {s['table_lr']:g}" + (" (grid edge)" if s["lr_on_grid_edge"] else ""),
+     str(len(s["seeds"])), reporting.format_loss(s["final_val_loss"]),
+     reporting.format_loss(s["rare_val_loss"]), reporting.format_bytes(s["table_state_bytes"]),
+     reporting.format_bytes(s["model_state_bytes"]))
+    for setup, s in best.items()
+  ))
 
 
 def report(results: dict, out_dir: Path | None, verbose: bool = True) -> None:
   """Prints the tables and writes ``bench.json``, ``bench.md`` and ``loss_curves.png``."""
   tables = "\n\n".join(
-    results[key] for key in ("grid_table", "table", "paired_table") if results[key]
-  )
+    results[key] for key in ("grid_table", "table", "paired_table") if results[key])
+  if results.get("lr_rule"):
+    tables += (f"\n\nEmber's best learning rate is {results['lr_rule']:.3g}x AdamW's "
+               f"(sweep: {results['sweep']}).")
   if verbose:
     print("\n" + tables)
     if "total_time_s" in results:
-      print(f"\n[bench] {len(results['runs'])} runs in {results['total_time_s']:.0f}s")
+      print(f"\n[bench] {len(results['runs'])} runs in {results['total_time_s']:.0f} s")
   if out_dir is None:
     return
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
   (out_dir / "bench.md").write_text(tables + "\n")
   best = results["best"]
-  train_lib.plot_curves(
-    [r for r in results["runs"] if r["lr"] == best[r["setup"]]["best_lr"]],
+  key = SWEEPS[results["sweep"]]
+  reporting.plot_curves(
+    [r for r in results["runs"] if r[key] == best[r["setup"]]["best_lr"]],
     out_dir / "loss_curves.png",
     title=f"GPT {results['config']['preset']}, each setup at its best learning rate",
   )
@@ -160,107 +240,70 @@ def report(results: dict, out_dir: Path | None, verbose: bool = True) -> None:
     print(f"[bench] wrote {out_dir / 'bench.json'}, bench.md and loss_curves.png")
 
 
-def _loss_key(summary: dict) -> float:
-  """Mean final validation loss, with a diverged grid point (NaN) ranked last."""
-  loss = summary["final_val_loss"]
-  return float("inf") if np.isnan(loss) else loss
+def summarize_saved(paths: Sequence[Path], out_dir: str | Path | None = None,
+                    verbose: bool = True) -> dict:
+  """The benchmark's results from the runs of saved ``bench.json`` files, merged.
 
-
-def format_best(best: dict) -> str:
-  """Markdown table: each setup at its own best learning rate, mean ± std over seeds."""
-  header = ("setup", "best lr", "seeds", "final val loss", "rare-token val loss",
-            "opt. state, tables", "opt. state, model", "step time")
-  return train_lib.markdown_table(header, (
-    (setup, f"{s['best_lr']:g}" + (" (grid edge)" if s["lr_on_grid_edge"] else ""),
-     str(len(s["seeds"])), train_lib.format_mean_std(s, "final_val_loss"),
-     train_lib.format_mean_std(s, "rare_val_loss"),
-     train_lib.format_bytes(s["table_state_bytes"]),
-     train_lib.format_bytes(s["model_state_bytes"]), f"{1e3 * s['mean_step_time_s']:.1f} ms")
-    for setup, s in best.items()
-  ))
-
-
-def format_grid(grid: dict, lrs: Sequence[float]) -> str:
-  """Markdown table: mean final validation loss of every setup at every learning rate."""
-  rows = []
-  for setup, by_lr in grid.items():
-    best_lr = min(by_lr, key=lambda lr: _loss_key(by_lr[lr]))
-    cells = []
-    for lr in lrs:
-      cell = train_lib.format_mean_std(by_lr[lr], "final_val_loss")
-      cells.append(f"**{cell}**" if lr == best_lr else cell)
-    rows.append([setup, *cells])
-  return train_lib.markdown_table(["setup"] + [f"lr {lr:g}" for lr in lrs], rows)
-
-
-def format_paired(paired: dict, reference: str = "ember") -> str:
-  """Markdown table of :func:`paired_differences`; empty if there is nothing to compare."""
-  if not paired:
-    return ""
-  header = (f"{reference} minus", "seeds", "final val loss", "rare-token val loss")
-  return train_lib.markdown_table(header, (
-    (setup, str(len(d["seeds"])), train_lib.format_mean_std(d, "final_val_loss", signed=True),
-     train_lib.format_mean_std(d, "rare_val_loss", signed=True))
-    for setup, d in paired.items()
-  ))
-
-
-def _training_settings(config: dict) -> dict:
-  """The settings that two sweeps must share for their runs to be compared."""
-  # What was swept, which runs were made, and where things were written may differ.
-  varying = {"lr", "table_lr", "setup_lr", "setup_table_lr", "seeds", "setups", "cache_dir",
-             "out", "progress", "verbose"}
-  return {k: v for k, v in config.items() if k not in varying}
-
-
-def summarize_saved(paths: Sequence[Path], out_dir: str | Path | None = None) -> dict:
-  """The benchmark's results from the runs of saved ``bench.json`` files, merged."""
+  Raises:
+    ConfigError: if a (setup, seed, learning rate) run repeats, or the files' runs were trained
+      with different settings.
+  """
   saved = [json.loads(Path(path).read_text()) for path in paths]
-  keys = {(r["setup"], r["seed"], r["lr"]) for result in saved for r in result["runs"]}
   runs = [r for result in saved for r in result["runs"]]
+  keys = {(r["setup"], r["seed"], r["lr"], r["table_lr"]) for r in runs}
   if len(keys) != len(runs):
-    raise ValueError(f"{[str(p) for p in paths]}: a (setup, seed, learning rate) run repeats")
-  config = _training_settings(saved[0]["config"])
+    raise ConfigError(f"{[str(p) for p in paths]}: a (setup, seed, learning rate) run repeats")
+  settings = saved[0]["settings"]
   for path, result in zip(paths[1:], saved[1:], strict=True):
-    other = _training_settings(result["config"])
-    if other != config:
-      differing = sorted(k for k in config.keys() | other.keys() if config.get(k) != other.get(k))
-      raise ValueError(f"{path}: its runs differ from {paths[0]}'s in {differing}; not merged")
-  results = {**saved[0], **summarize_benchmark(saved[0]["config"], runs)}
+    other = result["settings"]
+    if other != settings:
+      differing = sorted(k for k in settings.keys() | other.keys()
+                         if settings.get(k) != other.get(k))
+      raise ConfigError(f"{path}: its runs differ from {paths[0]}'s in {differing}; not merged")
+  results = {**saved[0], **summarize_benchmark(saved[0]["config"], settings, runs)}
   results["total_time_s"] = sum(result.get("total_time_s", 0.0) for result in saved)
-  report(results, Path(out_dir) if out_dir else None)
+  report(results, Path(out_dir) if out_dir else None, verbose=verbose)
   return results
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  parser = train_lib.build_parser()
-  parser.prog = "python -m models.bench_quality"
-  parser.description = (
-    "Learning-rate sweep x seeds for each optimizer setup; each setup is "
-    "reported at its own best learning rate as mean ± std."
+def build_parser() -> cli.Parser:
+  parser = cli.Parser(
+    prog=PROG,
+    description="Learning-rate sweep x seeds for each optimizer setup; each setup is reported "
+    "at its own best learning rate, and Ember is compared with each other setup seed by seed.",
   )
-  parser.add_argument(
-    "--lrs",
-    nargs="+",
-    type=float,
-    default=list(DEFAULT_LRS),
-    help="peak learning rates to sweep (default: %(default)s)",
-  )
-  parser.add_argument(
-    "--summarize",
-    type=Path,
-    nargs="+",
-    metavar="BENCH_JSON",
-    help="train nothing: recompute the tables from the runs of saved bench.json files (several "
-    "files, such as a sweep and its extension to more learning rates, are merged)",
-  )
+  cli.add_config_arguments(parser, skip=("lr_for", "table_lr", "table_lr_for"))
+  parser.add_argument("--lrs", nargs="+", type=float, default=list(DEFAULT_LRS),
+                      help="the starting grid of peak learning rates (default: %(default)s)")
+  parser.add_argument("--sweep", choices=tuple(SWEEPS), default="lr",
+                      help="lr: each setup's peak learning rate, body and tables alike; "
+                      "table-lr: the tables' alone, the body at --lr (default: %(default)s)")
+  parser.add_argument("--extend", type=int, default=2,
+                      help="how many times a grid may grow on each side to bracket a setup's "
+                      "best (default: %(default)s)")
+  parser.add_argument("--summarize", type=Path, nargs="+", metavar="BENCH_JSON",
+                      help="train nothing: recompute the tables from the runs of saved "
+                      "bench.json files, merging several (default: train)")
   parser.set_defaults(seeds=list(DEFAULT_SEEDS))
-  args = parser.parse_args(argv)
-  if args.summarize:
-    return summarize_saved(args.summarize, args.out)
-  if args.lr is not None or args.table_lr is not None or args.lr_for or args.table_lr_for:
-    parser.error("the benchmark sweeps the learning rate itself: use --lrs")
-  return run_benchmark(train_lib.config_from_args(args), lrs=args.lrs)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args = build_parser().parse_args(argv)
+
+  def benchmark():
+    if args.summarize:
+      return summarize_saved(args.summarize, args.out)
+    config = cli.config_from_args(args)
+    if args.sweep == "lr" and args.lr is not None:
+      raise ConfigError("--sweep lr sets every learning rate itself: drop --lr, or use "
+                        "--sweep table-lr to keep the body at --lr")
+    if config.out is None:
+      stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+      config = dataclasses.replace(config, out=str(Path("out", "bench_quality", stamp)))
+    return run_benchmark(config, lrs=args.lrs, sweep=args.sweep, extend=args.extend)
+
+  return cli.run_command(PROG, benchmark)
 
 
 if __name__ == "__main__":

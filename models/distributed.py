@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+import dataclasses
 import functools
 
 from flax import nnx
@@ -34,7 +35,8 @@ import optax
 
 import ember_optax
 from ember_optax import state_shardings
-from models.gpt import GPT, PRESETS, GPTConfig, path_names, table_labels
+from models.gpt import GPT, GPTConfig, table_labels
+from models.presets import PRESETS
 
 LAYOUTS = ("replicated", "vocab", "fsdp")
 
@@ -42,7 +44,7 @@ LAYOUTS = ("replicated", "vocab", "fsdp")
 def tiny_config() -> GPTConfig:
     """The tests' model: the ``tiny`` preset with its 512-token vocabulary."""
     preset = PRESETS["tiny"]
-    return GPTConfig(**{**preset.model.__dict__, "vocab_size": preset.vocab_size})
+    return dataclasses.replace(preset.model, vocab_size=preset.vocab_size)
 
 
 def param_specs(params, layout: str, n_devices: int, axis: str = "x"):
@@ -51,10 +53,10 @@ def param_specs(params, layout: str, n_devices: int, axis: str = "x"):
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
     def spec(path, leaf) -> P:
-        names = path_names(path)
-        if layout == "vocab" and names == ("token_embed", "embedding"):
+        name = path_str(path)
+        if layout == "vocab" and name == "token_embed/embedding":
             return P(axis, None)
-        if layout == "vocab" and names == ("lm_head", "kernel"):
+        if layout == "vocab" and name == "lm_head/kernel":
             return P(None, axis)
         if layout == "fsdp" and leaf.ndim:
             dims = sorted(range(leaf.ndim), key=lambda d: -leaf.shape[d])
@@ -64,6 +66,11 @@ def param_specs(params, layout: str, n_devices: int, axis: str = "x"):
         return P()
 
     return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def path_str(path) -> str:
+    """A pytree key path of plain dicts as ``a/b/c``."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def synthetic_batch(step: int, batch_size: int, seq_len: int, vocab_size: int, seed: int):
@@ -149,7 +156,7 @@ def flatten(params) -> dict[str, np.ndarray]:
     """``{"token_embed/embedding": array, ...}``: the parameters as host arrays, by path."""
     host = gather_to_host(params)
     return {
-        "/".join(path_names(path)): np.asarray(leaf)
+        path_str(path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(host)
     }
 
@@ -180,19 +187,31 @@ def initialize(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m models.distributed", description=__doc__.split("\n")[0])
     parser.add_argument("--auto-detect", action="store_true",
                         help="let jax.distributed find the cluster (Cloud TPU, SLURM, Open MPI)")
-    parser.add_argument("--coordinator", default=None, help="host:port of process 0")
-    parser.add_argument("--num-processes", type=int, default=1)
-    parser.add_argument("--process-id", type=int, default=0)
-    parser.add_argument("--layout", choices=LAYOUTS, default="vocab")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--out", default=None, help="write the final parameters (.npz)")
+    parser.add_argument("--coordinator", default=None,
+                        help="host:port of process 0 (default: %(default)s, one process)")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="processes in the job, one per host (default: %(default)s)")
+    parser.add_argument("--process-id", type=int, default=0,
+                        help="this process's index, 0 to --num-processes - 1 "
+                        "(default: %(default)s)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="vocab",
+                        help="where the parameters live on the mesh (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="training steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="global batch, split over the devices (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=16,
+                        help="tokens per sequence (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="initialization and batch seed (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-2,
+                        help="learning rate (default: %(default)s)")
+    parser.add_argument("--out", default=None,
+                        help="write the final parameters here (.npz) (default: not written)")
     return parser
 
 

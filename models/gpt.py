@@ -1,4 +1,4 @@
-"""A decoder-only GPT in Flax NNX, with named size presets.
+"""A decoder-only GPT in Flax NNX (its size presets are in ``models.presets``).
 
 The model is GPT-2 shaped: token embedding plus learned positions, pre-norm blocks (causal
 self-attention, then an MLP), a final LayerNorm and an LM head. The head is untied by default (its
@@ -7,19 +7,21 @@ own ``(d_model, vocab_size)`` kernel); ``tie_embeddings=True`` reuses the token 
 
 Parameter names are chosen so that token tables are found by name as well as by shape:
 ``token_embed.embedding`` ``(V, D)`` and ``lm_head.kernel`` ``(D, V)`` are the token tables;
-``pos_embed.embedding`` ``(max_len, D)`` is *not* one (positions, not tokens). Presets keep every
-body dimension different from the vocabulary size, so detection by shape (``vocab_size=``) agrees.
+``pos_embed.embedding`` ``(max_len, D)`` is *not* one (positions, not tokens), nor is the head's
+bias ``logit_bias`` ``(V,)``. Presets keep every body dimension different from the vocabulary
+size, so detection by shape (``vocab_size=``) agrees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from ember_optax._src.checks import path_names
+import ember_optax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,7 @@ class GPTConfig:
     n_heads: attention heads (``d_model`` must be a multiple).
     d_ff: hidden width of the MLP.
     tie_embeddings: reuse the token embedding as the LM head (``token_embed.attend``).
+    logit_bias: give the head a bias ``(vocab_size,)``, added to every position's logits.
   """
 
   vocab_size: int = 8192
@@ -43,92 +46,12 @@ class GPTConfig:
   n_heads: int = 4
   d_ff: int = 512
   tie_embeddings: bool = False
+  logit_bias: bool = True
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
       raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
 
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-  """A model size together with the training settings that suit it.
-
-  Attributes:
-    model: the model's shape (``vocab_size`` is replaced by the tokenizer's at run time).
-    batch_size: sequences per step.
-    seq_len: tokens per sequence (at most ``model.max_len``).
-    steps: optimizer steps of the main job.
-    lr: peak learning rate (warm-up, then cosine decay to a tenth of it).
-    warmup_steps: linear warm-up length.
-    eval_every: steps between validation evaluations on the loss curve.
-    eval_batches: validation batches of the loss curve's points.
-    final_eval_batches: validation batches of the final (reported) evaluation.
-    vocab_size: default tokenizer vocabulary size.
-  """
-
-  model: GPTConfig
-  batch_size: int
-  seq_len: int
-  steps: int
-  lr: float
-  warmup_steps: int
-  eval_every: int
-  eval_batches: int
-  final_eval_batches: int
-  vocab_size: int = 8192
-
-
-PRESETS: dict[str, Preset] = {
-  # Seconds on a CPU: the test suite's model.
-  "tiny": Preset(
-    model=GPTConfig(max_len=64, d_model=64, n_layers=2, n_heads=2, d_ff=192),
-    batch_size=16,
-    seq_len=64,
-    steps=100,
-    lr=1e-2,
-    warmup_steps=10,
-    eval_every=25,
-    eval_batches=2,
-    final_eval_batches=4,
-    vocab_size=512,
-  ),
-  # The default main job: a few minutes per optimizer setup on a 2-core CPU.
-  "small": Preset(
-    model=GPTConfig(max_len=128, d_model=128, n_layers=4, n_heads=4, d_ff=384),
-    batch_size=8,
-    seq_len=128,
-    steps=300,
-    lr=3e-3,
-    warmup_steps=30,
-    eval_every=50,
-    eval_batches=8,
-    final_eval_batches=64,
-  ),
-  # Meant for a GPU/TPU.
-  "medium": Preset(
-    model=GPTConfig(max_len=256, d_model=384, n_layers=6, n_heads=6, d_ff=1536),
-    batch_size=32,
-    seq_len=256,
-    steps=3000,
-    lr=1e-3,
-    warmup_steps=200,
-    eval_every=250,
-    eval_batches=16,
-    final_eval_batches=128,
-  ),
-  "large": Preset(
-    model=GPTConfig(max_len=512, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
-    batch_size=32,
-    seq_len=512,
-    steps=10000,
-    lr=6e-4,
-    warmup_steps=500,
-    eval_every=500,
-    eval_batches=32,
-    final_eval_batches=256,
-    vocab_size=16384,
-  ),
-}
 
 # GPT-2's initialization: small normal weights, zero biases.
 _INIT_STD = 0.02
@@ -188,9 +111,19 @@ class GPT(nnx.Module):
 
   Call it on int token ids ``(batch, length)``; it returns float32 logits
   ``(batch, length, vocab_size)``.
+
+  Args:
+    config: the model's shape.
+    rngs: the random streams of the initialization.
+    logit_bias_init: the initial value of the head's bias (``config.logit_bias``), for
+      instance the training set's log unigram frequencies (``models.data.log_unigram``), so that
+      the untrained model predicts the unigram distribution instead of the uniform one. Zeros
+      if not given.
   """
 
-  def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+  def __init__(
+    self, config: GPTConfig, *, rngs: nnx.Rngs, logit_bias_init: jax.Array | None = None
+  ):
     self.config = config
     embed_init = nnx.initializers.normal(_INIT_STD)
     self.token_embed = nnx.Embed(
@@ -209,6 +142,19 @@ class GPT(nnx.Module):
         kernel_init=nnx.initializers.normal(_INIT_STD),
         rngs=rngs,
       )
+    if config.logit_bias:
+      if logit_bias_init is None:
+        logit_bias_init = jnp.zeros((config.vocab_size,))
+      if jnp.shape(logit_bias_init) != (config.vocab_size,):
+        raise ValueError(
+          f"logit_bias_init has shape {jnp.shape(logit_bias_init)}, but the head has "
+          f"vocab_size={config.vocab_size} outputs"
+        )
+      self.logit_bias = nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
+    elif logit_bias_init is not None:
+      raise ValueError("logit_bias_init was given, but config.logit_bias is False")
+    else:
+      self.logit_bias = None
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     length = tokens.shape[-1]
@@ -218,29 +164,32 @@ class GPT(nnx.Module):
     for block in self.blocks:
       x = block(x)
     x = self.final_norm(x)
-    if self.lm_head is None:
-      return self.token_embed.attend(x)
-    return self.lm_head(x)
+    logits = self.token_embed.attend(x) if self.lm_head is None else self.lm_head(x)
+    if self.logit_bias is not None:
+      logits = logits + self.logit_bias[...]
+    return logits
 
 
-def token_table_paths(config: GPTConfig) -> set[tuple[str, ...]]:
-  """The parameter paths of the token tables (as ``nnx.State`` key tuples)."""
-  paths = {("token_embed", "embedding")}
-  if not config.tie_embeddings:
-    paths.add(("lm_head", "kernel"))
-  return paths
+def token_table_paths(config: GPTConfig) -> frozenset[str]:
+  """The paths (``a/b``, as ``ember_optax.token_table_labels`` names them) of the token tables."""
+  if config.tie_embeddings:
+    return frozenset({"token_embed/embedding"})
+  return frozenset({"token_embed/embedding", "lm_head/kernel"})
+
+
+def is_token_table(config: GPTConfig) -> Callable[[str, object], bool]:
+  """The predicate for ``ember_optax``'s ``is_token_table=``: this model's own token tables.
+
+  The model knows its tables, so routing never depends on a detection heuristic (which would
+  also take the learned-position ``Embed`` table); the tests check that detection agrees.
+  """
+  tables = token_table_paths(config)
+  return lambda path, leaf: path in tables
 
 
 def table_labels(params, config: GPTConfig):
-  """Labels this GPT's parameters ``"ember"`` (token tables) or ``"adamw"`` (the rest).
-
-  The model knows its own tables, so the comparison never depends on a detection heuristic;
-  the tests check that ``ember_optax.token_table_labels(params, vocab_size=V)`` agrees.
-  """
-  tables = token_table_paths(config)
-  return jax.tree_util.tree_map_with_path(
-    lambda path, _: "ember" if path_names(path) in tables else "adamw", params
-  )
+  """Labels this GPT's parameters ``"ember"`` (token tables) or ``"adamw"`` (the rest)."""
+  return ember_optax.token_table_labels(params, is_token_table=is_token_table(config))
 
 
 def count_params(model: nnx.Module) -> int:

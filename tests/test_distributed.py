@@ -22,6 +22,8 @@ import pytest
 
 from models import distributed
 
+pytestmark = [pytest.mark.multidevice, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 V, D = checks.V, checks.D
 COLLECTIVE_OPS = {'all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute', 'all-to-all'}

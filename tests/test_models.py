@@ -1,120 +1,27 @@
-"""Tests of models/: the GPT, the data pipeline and the main job, on the tiny preset (CPU, fast).
-
-The training tests use a small corpus made in the test (a folder of a few stdlib modules) and a
-512-token vocabulary, so that they need no download and take seconds.
-"""
+"""Tests of models/: the GPT, the data pipeline, the recipe and the main job, on the tiny preset."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+import math
 import random
-import shutil
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from models import bench_quality
+import ember_optax
 from models import data as data_lib
+from models import reporting, stats
 from models import train as train_lib
-from models.gpt import GPT, PRESETS, GPTConfig, path_names, table_labels, token_table_paths
-
-# A few mid-sized stdlib modules: about 1 MB of real Python, enough for a 512-token BPE.
-_CORPUS_MODULES = [
-  "argparse.py",
-  "ast.py",
-  "calendar.py",
-  "configparser.py",
-  "csv.py",
-  "dataclasses.py",
-  "difflib.py",
-  "enum.py",
-  "fractions.py",
-  "functools.py",
-  "heapq.py",
-  "inspect.py",
-  "json/decoder.py",
-  "json/encoder.py",
-  "logging/__init__.py",
-  "pathlib.py",
-  "pprint.py",
-  "shlex.py",
-  "string.py",
-  "textwrap.py",
-  "typing.py",
-  "zipfile.py",
-]
-
-TINY_STEPS = PRESETS["tiny"].steps
-RESULT_FIELDS = {
-  "setup",
-  "seed",
-  "lr",
-  "table_lr",
-  "final_val_loss",
-  "rare_val_loss",
-  "initial_val_loss",
-  "final_train_loss",
-  "table_state_bytes",
-  "model_state_bytes",
-  "mean_step_time_s",
-  "first_step_time_s",
-  "diverged_at_step",
-  "train_loss_curve",
-  "val_loss_curve",
-}
-SUMMARY_FIELDS = {
-  "seeds",
-  "lr",
-  "table_lr",
-  "final_val_loss",
-  "final_val_loss_std",
-  "rare_val_loss",
-  "rare_val_loss_std",
-  "table_state_bytes",
-  "model_state_bytes",
-  "mean_step_time_s",
-}
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory) -> Path:
-  """A folder of text files (with a subfolder and a hidden file that must be ignored)."""
-  root = tmp_path_factory.mktemp("corpus")
-  stdlib = data_lib.stdlib_root()
-  for rel in _CORPUS_MODULES:
-    dest = root / rel.replace("/", "_")
-    if rel.startswith("json/"):
-      dest = root / "json" / Path(rel).name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(stdlib / rel, dest)
-  (root / ".hidden").write_text("never read")
-  return root
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-  return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def tiny_results(corpus_dir, cache_dir, tmp_path_factory) -> tuple[dict, Path]:
-  """One main-job run of the tiny preset, all three setups, shared by the tests below."""
-  out = tmp_path_factory.mktemp("out")
-  cfg = train_lib.TrainConfig(
-    preset="tiny",
-    text=str(corpus_dir),
-    cache_dir=str(cache_dir),
-    out=str(out),
-    progress=False,
-    verbose=False,
-  )
-  return train_lib.run(cfg), out
-
+from models.config import TrainConfig, resolve
+from models.gpt import GPT, GPTConfig, table_labels, token_table_paths
+from models.optimizers import make_optimizer
+from models.presets import PRESETS, SETUPS
 
 # --- model -------------------------------------------------------------------------------------
 
@@ -136,48 +43,63 @@ def test_gpt_shapes_and_causality(tie):
   assert ("lm_head" in params) != tie
 
 
-def _tables(labels) -> set[tuple[str, ...]]:
-  """The paths labelled ``"ember"``."""
-  flat = jax.tree_util.tree_flatten_with_path(labels)[0]
-  return {path_names(path) for path, label in flat if label == "ember"}
+def test_logit_bias_sets_the_untrained_models_prediction():
+  cfg = GPTConfig(vocab_size=300, max_len=8, d_model=32, n_layers=1, n_heads=4, d_ff=64)
+  prior = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (300,)))
+  model = GPT(cfg, rngs=nnx.Rngs(0), logit_bias_init=prior)
+  # Zero the head: the logits are then the bias alone, at every position.
+  model.lm_head.kernel[...] = jnp.zeros_like(model.lm_head.kernel[...])
+  logits = model(jnp.zeros((1, 8), jnp.int32))
+  np.testing.assert_allclose(logits[0, 3], prior, rtol=1e-6)
+  with pytest.raises(ValueError, match="shape"):
+    GPT(cfg, rngs=nnx.Rngs(0), logit_bias_init=jnp.zeros(299))
+  with pytest.raises(ValueError, match="logit_bias is False"):
+    GPT(dataclasses.replace(cfg, logit_bias=False), rngs=nnx.Rngs(0), logit_bias_init=prior)
+
+
+def _table_paths(params, labels) -> set[str]:
+  """The ``a/b`` paths labelled ``"ember"``."""
+  flat = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(labels))
+  return {jax.tree_util.keystr(p, simple=True, separator="/") for p, label in flat
+          if label == "ember"}
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_library_finds_the_models_token_tables(tie):
   """ember_optax's detection finds the model's own tables, plus the position table.
 
-  The library routes every ``Embed`` table to Ember, positions included; the main job passes
-  the model's own labels, which keep ``pos_embed`` (not a token table) with AdamW.
+  The library routes every ``Embed`` table to Ember, positions included; the comparison routes
+  by the model's own tables, which keep ``pos_embed`` (not a token table) and the head's bias
+  with AdamW.
   """
-  import ember_optax
-
   for name in ("tiny", "small"):
     cfg = dataclasses.replace(
-      PRESETS[name].model, vocab_size=PRESETS[name].vocab_size, tie_embeddings=tie
-    )
+      PRESETS[name].model, vocab_size=PRESETS[name].vocab_size, tie_embeddings=tie)
     params = nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-    ours = _tables(table_labels(params, cfg))
-    theirs = _tables(ember_optax.token_table_labels(params, vocab_size=cfg.vocab_size))
+    ours = _table_paths(params, table_labels(params, cfg))
+    theirs = _table_paths(
+      params, ember_optax.token_table_labels(params, vocab_size=cfg.vocab_size))
     assert ours == token_table_paths(cfg)
-    assert theirs == ours | {("pos_embed", "embedding")}, f"{name}: {sorted(theirs)}"
+    assert theirs == ours | {"pos_embed/embedding"}, f"{name}: {sorted(theirs)}"
 
 
 def test_presets_keep_body_dims_off_the_vocab_size():
   """Detection by shape would mistake a body weight with a vocab-sized axis for a table."""
   for name, p in PRESETS.items():
     m = p.model
-    body = {m.max_len, m.d_model, m.d_ff, 3 * m.d_model}
-    assert p.vocab_size not in body, name
+    assert p.vocab_size not in {m.max_len, m.d_model, m.d_ff, 3 * m.d_model}, name
     assert p.seq_len <= m.max_len, name
+    assert set(p.lr) == set(SETUPS), name
 
 
 # --- data --------------------------------------------------------------------------------------
 
 
-def test_stdlib_split_is_deterministic_and_disjoint():
+def test_stdlib_split_is_code_only_deterministic_and_disjoint():
   root, files = data_lib.list_files(None)
   assert len(files) > 500  # The stdlib is there: no download needed.
-  assert not any(f.startswith("test/") or "site-packages" in f for f in files)
+  # Code only: no test suite, installed packages or the documentation's prose (pydoc_data).
+  assert not any(f.startswith(("test/", "pydoc_data/")) or "site-packages" in f for f in files)
   train, val = data_lib.split_files(files, 0.05)
   assert not set(train) & set(val)
   assert sorted(train + val) == files
@@ -215,10 +137,10 @@ def test_tokenizer_cache_is_reused(corpus_dir, tmp_path, monkeypatch):
   assert not other.cache_hit and other.cache_dir != first.cache_dir
 
 
-def test_text_folder_corpus(corpus_dir, cache_dir):
+def test_text_folder_corpus(corpus_dir, corpus_files, cache_dir):
   corpus = data_lib.load_corpus(corpus_dir, vocab_size=512, cache_dir=cache_dir)
   info = corpus.info
-  assert info["files"] == len(_CORPUS_MODULES)  # The hidden file is skipped.
+  assert info["files"] == corpus_files  # The hidden file is skipped.
   assert info["train_files"] + info["val_files"] == info["files"]
   assert info["train_files"] >= 1 and info["val_files"] >= 1
   assert corpus.train_tokens.max() < 512 and corpus.val_tokens.max() < 512
@@ -230,6 +152,10 @@ def test_text_folder_corpus(corpus_dir, cache_dir):
   rare = corpus.rare_token_mask()
   assert rare.sum() == 256
   assert corpus.train_counts[rare].max() <= corpus.train_counts[~rare].min()
+  # The unigram prior is a log distribution that follows the counts.
+  prior = corpus.log_unigram()
+  assert prior.shape == (512,) and np.exp(prior.astype(np.float64)).sum() == pytest.approx(1.0)
+  assert np.all(np.diff(prior[np.argsort(corpus.train_counts)]) >= 0)
 
 
 def test_single_file_corpus(tmp_path):
@@ -240,7 +166,7 @@ def test_single_file_corpus(tmp_path):
   assert corpus.val_tokens.size > 0 and corpus.train_tokens.size > 10 * corpus.val_tokens.size
 
 
-def test_batches_are_deterministic():
+def test_batches_are_deterministic_and_resume_where_they_stopped():
   tokens = np.arange(10_000, dtype=np.uint16)
   a = list(data_lib.train_batches(tokens, batch_size=4, seq_len=16, steps=3, seed=1))
   b = list(data_lib.train_batches(tokens, batch_size=4, seq_len=16, steps=3, seed=1))
@@ -250,127 +176,148 @@ def test_batches_are_deterministic():
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_array_equal(xa[:, 1:], ya[:, :-1])  # Targets are inputs shifted by one.
   assert not np.array_equal(a[0][0], c[0][0])
+  rest = list(data_lib.train_batches(tokens, batch_size=4, seq_len=16, steps=3, seed=1, start=2))
+  assert len(rest) == 1
+  np.testing.assert_array_equal(rest[0][0], a[2][0])
   val = data_lib.val_batches(tokens, batch_size=4, seq_len=16, num_batches=3)
   assert len(val) == 3 and val[0][0].shape == (4, 16)
 
 
-# --- main job ----------------------------------------------------------------------------------
+# --- the recipe --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_every_setup_clips_the_gradient_first(setup):
+  """With clipping, a gradient and the same gradient 1000x longer take the same step."""
+  cfg = dataclasses.replace(PRESETS["tiny"].model, vocab_size=PRESETS["tiny"].vocab_size)
+  params = nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  unit = jax.tree.map(lambda p: jnp.full(p.shape, 1e-3, p.dtype), params)
+  unit = jax.tree.map(lambda g: g / optax.tree.norm(unit), unit)  # Global norm exactly 1.
+  huge = jax.tree.map(lambda g: 1000 * g, unit)
+
+  def first_step(clip_norm, grads):
+    plan = resolve(TrainConfig(preset="tiny", setups=(setup,), clip_norm=clip_norm))
+    tx = make_optimizer(setup, plan)
+    state = tx.init(params)
+    for _ in range(2):  # Two steps: past the warm-up's zero learning rate.
+      updates, state = tx.update(grads, state, params)
+    return jax.tree.leaves(updates) + jax.tree.leaves(state)
+
+  for a, b in zip(first_step(1.0, unit), first_step(1.0, huge), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-12)
+  unclipped = zip(first_step(0.0, unit), first_step(0.0, huge), strict=True)
+  assert not all(np.allclose(a, b, rtol=1e-3) for a, b in unclipped)
+
+
+def test_adafactor_tables_are_not_stored_as_ember():
+  plan = resolve(TrainConfig(preset="tiny"))
+  cfg = plan.model
+  params = nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  for setup, table_label in (("adafactor", "adafactor"), ("ember", "ember")):
+    state = make_optimizer(setup, plan).init(params)
+    partition = next(s for s in state if isinstance(s, optax.PartitionState))
+    assert set(partition.inner_states) == {table_label, "adamw"}, setup
+
+
+def test_initial_loss_is_at_most_uniform(tiny_config):
+  """With the unigram bias the untrained model predicts the unigram distribution; without it,
+  about the uniform one. Either way the loss starts at or below ln V (+ 0.1)."""
+  corpus = train_lib.load_corpus(resolve(tiny_config), verbose=False)
+  for unigram_bias in (True, False):
+    config = dataclasses.replace(tiny_config, setups=("adamw",), seeds=(0,), steps=1,
+                                 unigram_bias=unigram_bias)
+    (run,) = train_lib.run(config, corpus=corpus, verbose=False)["runs"]
+    assert run["initial_val_loss"] <= math.log(512) + 0.1, unigram_bias
+    if unigram_bias:
+      counts = corpus.train_counts + 1.0
+      unigram = -np.log(counts / counts.sum())[corpus.val_tokens.astype(np.int64)].mean()
+      assert run["initial_val_loss"] == pytest.approx(unigram, abs=0.15)
+
+
+# --- the main job ------------------------------------------------------------------------------
 
 
 def test_tiny_preset_trains_under_each_setup(tiny_results):
   results, _ = tiny_results
-  runs = {r["setup"]: r for r in results["runs"]}
-  assert set(runs) == set(train_lib.SETUPS)
-  for setup, r in runs.items():
+  runs = results["runs"]
+  assert {r["setup"] for r in runs} == set(SETUPS)
+  assert {r["seed"] for r in runs} == {0, 1}
+  for r in runs:
     start = r["initial_val_loss"]
-    assert start == pytest.approx(np.log(512), abs=0.15), setup  # Uniform at init.
-    # From uniform (ln 512 = 6.24) to well below: the unigram statistics and more are learned.
-    assert r["final_val_loss"] < start - 0.75, (setup, start, r["final_val_loss"])
-    assert r["final_train_loss"] < r["train_loss_curve"][0][1] - 0.75, setup
-    # Still falling at the end, not stuck on a plateau.
+    # Well below the unigram start: the model learns more than token frequencies.
+    assert r["final_val_loss"] < start - 0.75, (r["setup"], start, r["final_val_loss"])
+    assert r["final_train_loss"] < r["train_loss_curve"][0][1] - 0.75, r["setup"]
     curve = [v for _, v in r["val_loss_curve"]]
-    assert curve[-1] < curve[len(curve) // 2], (setup, curve)
+    assert curve[-1] < curve[len(curve) // 2], (r["setup"], curve)  # Still falling.
     assert np.isfinite(r["rare_val_loss"])
-  # Same initialization for every setup: identical starting validation loss.
-  assert len({r["initial_val_loss"] for r in runs.values()}) == 1
+  # Same initialization for every setup of a seed: identical starting validation loss.
+  for seed in (0, 1):
+    assert len({r["initial_val_loss"] for r in runs if r["seed"] == seed}) == 1
+  by_setup = {r["setup"]: r for r in runs if r["seed"] == 0}
   # Ember keeps V + D + 1 floats per table (plus step counts) instead of AdamW's 2 V D.
-  assert runs["ember"]["table_state_bytes"] < runs["adamw"]["table_state_bytes"] / 50
-  assert runs["ember"]["model_state_bytes"] < runs["adamw"]["model_state_bytes"]
+  assert by_setup["ember"]["table_state_bytes"] < by_setup["adamw"]["table_state_bytes"] / 50
+  assert by_setup["ember"]["model_state_bytes"] < by_setup["adamw"]["model_state_bytes"]
 
 
-def test_results_json_has_the_documented_fields(tiny_results):
+def test_results_json_records_runs_summary_and_environment(tiny_results):
   results, out = tiny_results
   saved = json.loads((out / "results.json").read_text())
-  assert {"config", "model", "data", "runs", "summary", "table"} <= set(saved)
-  assert saved["config"]["preset"] == "tiny" and saved["config"]["steps"] == TINY_STEPS
+  assert saved["config"]["preset"] == "tiny"
+  assert saved["plan"]["steps"] == PRESETS["tiny"].steps
+  env = saved["environment"]
+  for package in ("jax", "jaxlib", "optax", "flax", "ember_optax"):
+    assert env["versions"][package], package
+  assert env["versions"]["ember_optax"] == ember_optax.__version__
+  assert isinstance(env["cpu_kernel"]["available"], bool) and env["cpu_kernel"]["reason"]
+  assert env["corpus_cache"] and env["device"]
   for r in saved["runs"]:
-    assert RESULT_FIELDS <= set(r)
-    assert len(r["train_loss_curve"]) == TINY_STEPS
-  assert set(saved["summary"]) == set(train_lib.SETUPS)
-  for s in saved["summary"].values():
-    assert SUMMARY_FIELDS <= set(s)
+    assert len(r["train_loss_curve"]) == PRESETS["tiny"].steps
+    # The plot's last validation point is the final evaluation that the table reports.
+    assert r["val_loss_curve"][-1] == [PRESETS["tiny"].steps, r["final_val_loss"]]
+  for setup, s in saved["summary"].items():
+    final = [r["final_val_loss"] for r in saved["runs"] if r["setup"] == setup]
+    assert s["final_val_loss"]["mean"] == pytest.approx(np.mean(final))
+    assert s["final_val_loss"]["spread"] == pytest.approx(max(final) - min(final))
+  ember = {r["seed"]: r["final_val_loss"] for r in saved["runs"] if r["setup"] == "ember"}
+  adamw = {r["seed"]: r["final_val_loss"] for r in saved["runs"] if r["setup"] == "adamw"}
+  paired = saved["paired"]["adamw"]["final_val_loss"]
+  assert paired["values"] == pytest.approx([ember[s] - adamw[s] for s in (0, 1)])
+  assert all(f"| {setup} |" in saved["table"] for setup in SETUPS)
   assert (out / "loss_curves.png").stat().st_size > 1000
 
 
-def test_cli_with_text_folder(corpus_dir, cache_dir, tmp_path):
-  """``python -m models.train --text FOLDER`` end to end (one setup, few steps)."""
-  results = train_lib.main(
-    [
-      "--preset",
-      "tiny",
-      "--text",
-      str(corpus_dir),
-      "--cache-dir",
-      str(cache_dir),
-      "--setups",
-      "adamw",
-      "--steps",
-      "10",
-      "--lr-for",
-      "adamw=3e-3",
-      "--table-lr",
-      "1e-2",
-      "--out",
-      str(tmp_path),
-      "--no-progress",
-    ]
-  )
-  assert results["data"]["corpus"] == str(corpus_dir)
-  run = results["runs"][0]
-  assert (run["lr"], run["table_lr"]) == (3e-3, 1e-2)
-  assert json.loads((tmp_path / "results.json").read_text())["config"]["text"] == str(corpus_dir)
+def test_runs_are_deterministic(tiny_config, tiny_results):
+  results, _ = tiny_results
+  config = dataclasses.replace(tiny_config, setups=("ember",), seeds=(1,))
+  (again,) = train_lib.run(config, verbose=False)["runs"]
+  (first,) = [r for r in results["runs"] if r["setup"] == "ember" and r["seed"] == 1]
+  assert again["params_sha256"] == first["params_sha256"]
+  assert again["final_val_loss"] == first["final_val_loss"]
 
 
-# --- quality benchmark -------------------------------------------------------------------------
+# --- statistics --------------------------------------------------------------------------------
 
 
-def _bench_args(corpus_dir, cache_dir, out, lrs):
-  return [
-    "--preset", "tiny", "--text", str(corpus_dir), "--cache-dir", str(cache_dir),
-    "--steps", "8", "--eval-every", "4", "--final-eval-batches", "2",
-    "--setups", "adamw", "ember", "--seeds", "0", "1", "--lrs", *lrs,
-    "--out", str(out), "--no-progress",
-  ]  # fmt: skip
+def test_describe_and_verdicts():
+  d = stats.describe([1.0, 2.0, 3.0, 4.0])
+  assert d["mean"] == 2.5 and d["spread"] == 3.0
+  assert d["std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+  half = 3.182 * d["std"] / 2  # t_{0.975, 3} * s / sqrt(4)
+  assert d["ci95"] == pytest.approx([2.5 - half, 2.5 + half])
+  assert stats.verdict([-0.3, -0.1]) == "better"
+  assert stats.verdict([-0.1, 0.2]) == "no different"
+  assert stats.verdict([0.1, 0.2]) == "worse"
+  assert stats.verdict(stats.describe([0.5])["ci95"]) == "undetermined"
+  assert stats.t_quantile_975(1) == 12.706 and stats.t_quantile_975(1000) == 1.96
 
 
-def test_quality_benchmark_selects_pairs_and_merges(corpus_dir, cache_dir, tmp_path):
-  """A two-point sweep; ``--summarize`` on its halves, one per learning rate, agrees with it."""
-  whole = bench_quality.main(_bench_args(corpus_dir, cache_dir, tmp_path, ["1e-2", "3e-3"]))
-  assert whole["lrs"] == [3e-3, 1e-2]
-  assert len(whole["runs"]) == 2 * 2 * 2  # setups x seeds x learning rates
-  for setup, best in whole["best"].items():
-    by_lr = {lr: whole["grid"][setup][str(lr)]["final_val_loss"] for lr in whole["lrs"]}
-    assert best["best_lr"] == min(by_lr, key=by_lr.get)
-    assert best["lr_on_grid_edge"]  # Two points: both are edges.
+def test_paired_differences_pair_by_seed():
+  def run(setup, seed, loss):
+    return {"setup": setup, "seed": seed, "final_val_loss": loss, "rare_val_loss": 2 * loss}
 
-  # Ember minus AdamW, seed by seed, each at its best learning rate.
-  def loss(setup, seed):
-    (run,) = [r for r in whole["runs"] if r["setup"] == setup and r["seed"] == seed
-              and r["lr"] == whole["best"][setup]["best_lr"]]
-    return run["final_val_loss"]
-
-  diffs = [loss("ember", seed) - loss("adamw", seed) for seed in (0, 1)]
-  paired = whole["paired"]["adamw"]
-  assert paired["seeds"] == [0, 1]
-  assert paired["final_val_loss"] == pytest.approx(np.mean(diffs))
-  assert paired["final_val_loss_std"] == pytest.approx(np.std(diffs))
-  assert "| ember minus | seeds |" in (tmp_path / "bench.md").read_text()
-
-  saved = json.loads((tmp_path / "bench.json").read_text())
-  halves = []
-  for lr in whole["lrs"]:
-    halves.append(tmp_path / f"lr{lr:g}.json")
-    runs = [r for r in saved["runs"] if r["lr"] == lr]
-    halves[-1].write_text(json.dumps({**saved, "runs": runs}))
-  merged = bench_quality.main(["--summarize", *map(str, halves), "--out", str(tmp_path / "merged")])
-  for key in ("lrs", "best", "paired", "grid_table", "table", "paired_table"):
-    assert merged[key] == whole[key], key
-  assert (tmp_path / "merged" / "bench.md").read_text() == (tmp_path / "bench.md").read_text()
-
-  with pytest.raises(ValueError, match="repeats"):
-    bench_quality.summarize_saved([tmp_path / "bench.json", halves[0]])
-  other = json.loads(halves[1].read_text())
-  other["config"]["steps"] = 9
-  halves[1].write_text(json.dumps(other))
-  with pytest.raises(ValueError, match=r"\['steps'\]"):
-    bench_quality.summarize_saved(halves)
+  runs = {"ember": [run("ember", s, 4.0 + 0.01 * s) for s in range(3)],
+          "adamw": [run("adamw", s, 4.1 + 0.01 * s + 0.001 * (s % 2)) for s in (2, 1, 0)]}
+  paired = reporting.paired_differences(runs)["adamw"]
+  assert paired["seeds"] == [0, 1, 2]
+  assert paired["final_val_loss"]["values"] == pytest.approx([-0.1, -0.101, -0.1])
+  assert paired["final_val_loss"]["verdict"] == "better"

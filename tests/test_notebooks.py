@@ -75,6 +75,8 @@ def test_there_are_notebooks():
   assert {'quickstart.ipynb', 'token_geometry.ipynb', 'new_tokens_finetune.ipynb'} <= names
 
 
+@pytest.mark.notebook
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_at_small_size(path):
   nb = execute_notebook(path, 'small', timeout=300)

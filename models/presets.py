@@ -1,0 +1,92 @@
+"""Named model sizes, each with the training settings that suit it, and the optimizer setups."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from models.gpt import GPTConfig
+
+# The setups of the comparison. The body (attention, MLP, norms, positions, the head's bias)
+# always gets AdamW; the setups differ only on the token tables (input embedding and LM head).
+SETUPS = ("adamw", "ember", "adafactor")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A model size together with the training settings that suit it.
+
+  Attributes:
+    model: the model's shape (``vocab_size`` is replaced by the run's).
+    batch_size: sequences per step.
+    seq_len: tokens per sequence.
+    steps: optimizer steps of a run.
+    lr: peak learning rate of each setup (warm-up, then cosine decay to a tenth of it).
+    warmup_steps: linear warm-up length.
+    eval_every: steps between validation points of the loss curve.
+    eval_batches: validation batches of the final evaluation.
+    vocab_size: default tokenizer vocabulary size.
+  """
+
+  model: GPTConfig
+  batch_size: int
+  seq_len: int
+  steps: int
+  lr: dict[str, float]
+  warmup_steps: int
+  eval_every: int
+  eval_batches: int
+  vocab_size: int = 8192
+
+
+def _same_lr(lr: float) -> dict[str, float]:
+  return dict.fromkeys(SETUPS, lr)
+
+
+PRESETS: dict[str, Preset] = {
+  # Seconds on a CPU: the test suite's model.
+  "tiny": Preset(
+    model=GPTConfig(max_len=64, d_model=64, n_layers=2, n_heads=2, d_ff=192),
+    batch_size=16,
+    seq_len=64,
+    steps=100,
+    lr=_same_lr(1e-2),
+    warmup_steps=10,
+    eval_every=25,
+    eval_batches=8,
+    vocab_size=512,
+  ),
+  # The main job: three setups in under ten minutes on a 2-core CPU. Learning rates: each
+  # setup's best on the quality benchmark's grid (README, Quality benchmark).
+  "small": Preset(
+    model=GPTConfig(max_len=128, d_model=128, n_layers=4, n_heads=4, d_ff=384),
+    batch_size=8,
+    seq_len=128,
+    steps=600,
+    lr=_same_lr(3e-3),
+    warmup_steps=30,
+    eval_every=100,
+    eval_batches=64,
+  ),
+  # Meant for a GPU/TPU.
+  "medium": Preset(
+    model=GPTConfig(max_len=256, d_model=384, n_layers=6, n_heads=6, d_ff=1536),
+    batch_size=32,
+    seq_len=256,
+    steps=3000,
+    lr=_same_lr(1e-3),
+    warmup_steps=200,
+    eval_every=250,
+    eval_batches=128,
+  ),
+  "large": Preset(
+    model=GPTConfig(max_len=512, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    batch_size=32,
+    seq_len=512,
+    steps=10000,
+    lr=_same_lr(6e-4),
+    warmup_steps=500,
+    eval_every=500,
+    eval_batches=256,
+    vocab_size=16384,
+  ),
+}
