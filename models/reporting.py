@@ -147,16 +147,17 @@ def environment(corpus_cache: str | os.PathLike | None = None) -> dict:
   }
 
 
-def plot_curves(runs: Sequence[dict], path: Path, title: str = "") -> None:
+def plot_curves(runs: Sequence[dict], path: Path | None = None, title: str = ""):
   """Training loss (smoothed) and validation loss against step, one colour per setup.
 
   Validation points along the way use an evenly spread eighth of the validation batches; the
   last point of each curve (a star) is the final evaluation on all of them, the number the
   tables report.
-  """
-  import matplotlib
 
-  matplotlib.use("Agg")  # No display needed.
+  Returns:
+    ``None`` after writing the figure to ``path``; the figure itself if ``path`` is ``None``
+    (in a notebook, to show it).
+  """
   import matplotlib.pyplot as plt
 
   fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -196,5 +197,8 @@ def plot_curves(runs: Sequence[dict], path: Path, title: str = "") -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
+  if path is None:
+    return fig
   fig.savefig(path, dpi=120)
   plt.close(fig)
+  return None
