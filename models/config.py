@@ -222,9 +222,8 @@ def resolve(config: TrainConfig) -> Plan:
     if getattr(config, name) is not None:
       _check_number(name, getattr(config, name), low=0.0, low_open=True)
   for name in ("lr_for", "table_lr_for"):
-    for setup, value in getattr(config, name).items():
-      _check_number(f"{name}", value, low=0.0, low_open=True)
-      del setup
+    for value in getattr(config, name).values():
+      _check_number(name, value, low=0.0, low_open=True)
   _check_number("b1", config.b1, low=0.0, high=1.0, high_open=True)
   _check_number("b2", config.b2, low=0.0, high=1.0, high_open=True)
   _check_number("eps", config.eps, low=0.0)
