@@ -5,11 +5,11 @@ from typing import Any, NamedTuple
 
 import chex
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
-from ember_optax._src import checks, cpu_kernel, layout
+from ember_optax._src import checks, layout
+from ember_optax._src.squared_sums import squared_sums, statistics_dtype
 
 # Below this, the scalar statistic is treated as zero: it only guards the
 # division when every gradient so far was exactly zero.
@@ -31,11 +31,6 @@ class ScaleByEmberState(NamedTuple):
   scale: optax.Updates  # EMA of the mean squared gradient of the whole table.
 
 
-def statistics_dtype(dtype: Any) -> jnp.dtype:
-  """Float32 for low-precision parameters, float64 for float64 ones."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
 def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
   """Statistics-dtype zeros shaped (and sharded) like ``param`` summed over ``axis``."""
   # Going through eval_shape keeps sharding-in-types, as optax.factorized does.
@@ -43,40 +38,6 @@ def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
       lambda x: jnp.sum(x.astype(statistics_dtype(x.dtype)), axis=axis), param
   )
   return jnp.zeros_like(target)
-
-
-def _squared_sums_xla(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Row and column sums of ``grad**2`` as two independent XLA reductions.
-
-  XLA fuses each reduction with its producer on GPU and TPU, and partitions both
-  without moving a sharded table.
-  """
-  g = grad.astype(statistics_dtype(grad.dtype))
-  # Squaring through abs for the column sums keeps XLA from sharing one g*g
-  # between both reductions, which would materialize a table-sized temporary.
-  row_sums = jnp.sum(g * g, axis=-1)
-  col_sums = jnp.sum(jnp.abs(g) * jnp.abs(g), axis=-2)
-  return row_sums, col_sums
-
-
-def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Sums of ``grad**2`` over the last axis and over the second-to-last axis.
-
-  On a single CPU device a compiled kernel reads the gradient once on all cores
-  (see ``cpu_kernel``); elsewhere the two reductions are left to XLA.
-
-  Args:
-    grad: an array of at least two dimensions.
-
-  Returns:
-    ``(row_sums, col_sums)`` of shapes ``grad.shape[:-1]`` and
-    ``grad.shape[:-2] + grad.shape[-1:]``, in the statistics dtype.
-  """
-  # A custom call cannot be partitioned, and XLA would gather a sharded table
-  # to run it, so multi-device runs keep the reductions.
-  if jax.device_count() > 1 or grad.size == 0 or not cpu_kernel.supports(grad.dtype):
-    return _squared_sums_xla(grad)
-  return lax.platform_dependent(grad, cpu=cpu_kernel.squared_sums, default=_squared_sums_xla)
 
 
 def scale_by_ember(
