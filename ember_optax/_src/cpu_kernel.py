@@ -1,13 +1,13 @@
 """Ember's statistics pass on CPU: a compiled, multithreaded XLA FFI kernel, its switch and status.
 
-XLA:CPU streams the gradient once per reduction, so the two sums Ember needs
-cost more than its whole elementwise update. ``csrc/squared_sums.cc`` reads the
-gradient once, on every thread of XLA's intra-op pool, and reads bfloat16
-gradients as they are. It is compiled the first time Ember needs it on CPU,
-against the running jaxlib (see ``kernel_build``). Whatever stops it (no
-compiler, a failed compile, a library that does not load, a registration that
-jaxlib rejects, a wrong answer on a small check) Ember takes XLA's reductions
-instead, which give the same results more slowly, and says so once per process.
+XLA:CPU reads the gradient once per reduction, and Ember needs two sums.
+``csrc/squared_sums.cc`` reads the gradient once for both, on every thread of
+XLA's intra-op pool, and reads bfloat16 gradients as they are. It is compiled
+the first time Ember needs it on CPU, against the running jaxlib (see
+``kernel_build``). Whatever stops it (no compiler, a failed compile, a library
+that does not load, a registration that jaxlib rejects, a wrong answer on a
+small check) Ember takes XLA's reductions instead, which give the same results
+more slowly, and says so once per process.
 """
 
 import ctypes
