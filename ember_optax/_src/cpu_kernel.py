@@ -13,6 +13,7 @@ more slowly, and says so once per process.
 import ctypes
 import math
 import os
+import sys
 import threading
 from typing import NamedTuple
 import warnings
@@ -27,6 +28,9 @@ SWITCH_ENV = 'EMBER_OPTAX_CPU_KERNEL'
 _OFF_VALUES = ('0', 'false', 'off', 'no')
 _ON_VALUES = ('', '1', 'true', 'on', 'yes')
 _TARGET_NAME = 'ember_squared_sums'
+# Warnings name the first frame outside these: the user's call that traced a step.
+_LIBRARY_MODULES = ('ember_optax', 'jax', 'jaxlib', 'optax', 'flax', 'chex', 'contextlib',
+                    'functools')
 _SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 _FALLBACK = (
     'so Ember computes its statistics with XLA reductions instead (same results, slower on CPU)'
@@ -170,8 +174,20 @@ def cpu_kernel_status() -> CpuKernelStatus:
     if _loaded is None:
       _loaded = _load()
       if not _loaded.available:
-        warnings.warn(f'ember_optax: {_loaded.reason}', RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f'ember_optax: {_loaded.reason}', RuntimeWarning, stacklevel=_caller_stacklevel()
+        )
   return _loaded
+
+
+def _caller_stacklevel() -> int:
+  """The stack level of the first frame outside the libraries that trace Ember's step."""
+  frame, level = sys._getframe(2), 2
+  while frame.f_back is not None and frame.f_globals.get('__name__', '').partition('.')[0] in (
+      _LIBRARY_MODULES
+  ):
+    frame, level = frame.f_back, level + 1
+  return level
 
 
 def supports(dtype: jnp.dtype) -> bool:
