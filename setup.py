@@ -1,29 +1,29 @@
-"""Builds Ember's CPU statistics kernel; everything else is in pyproject.toml."""
+"""Keeps files that an earlier build left in ``build/`` out of the wheel; all else is in pyproject.
 
-from setuptools import Extension, setup
+setuptools stages a wheel in ``build/lib`` and ships everything it finds there,
+so a file that an older build put there (the compiled kernel that earlier
+versions built at install time, a module since deleted) would reach the install.
+"""
 
-setup(
-  ext_modules=[
-    Extension(
-      # A plain shared library that ember_optax._src.cpu_kernel loads with
-      # ctypes and registers with XLA; it is not a Python module.
-      'ember_optax._src._squared_sums_cpu',
-      sources=['ember_optax/_src/csrc/squared_sums.cc'],
-      include_dirs=['ember_optax/_src/csrc/third_party'],
-      language='c++',
-      extra_compile_args=[
-        '-std=c++17',
-        '-O3',
-        # No fused multiply-adds, so every build sums bit for bit alike.
-        '-ffp-contract=off',
-        '-fvisibility=hidden',
-        '-Wno-psabi',  # 32-byte vectors between inline helpers, never across an ABI.
-        '-Wno-return-type',  # These two in the vendored XLA headers.
-        '-Wno-sign-compare',
-      ],
-      # Without a C++17 compiler the package still installs, and Ember
-      # computes its statistics with XLA reductions instead.
-      optional=True,
-    )
-  ],
-)
+import os
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithoutStaleFiles(build_py):
+  """``build_py`` that removes from its staging folder every file it did not write."""
+
+  def run(self) -> None:
+    super().run()
+    if self.editable_mode:
+      return
+    written = {os.path.abspath(path) for path in self.get_outputs(include_bytecode=True)}
+    for folder, _, names in os.walk(self.build_lib):
+      for name in names:
+        path = os.path.abspath(os.path.join(folder, name))
+        if path not in written:
+          os.remove(path)
+
+
+setup(cmdclass={'build_py': BuildPyWithoutStaleFiles})

@@ -7,6 +7,10 @@ ratios are taken within each shape. Plain SGD reads the gradient and the table
 and writes the table once: it is the memory-bandwidth yardstick. Ember's floor
 is one more read of the gradient (4/3 of SGD), fused AdamW's 7/3.
 
+On a CPU where Ember's compiled kernel is in use, ``ember_xla`` is Ember with
+the kernel turned off (``ember_optax.use_cpu_kernel(False)``): the path of every
+install without a C++ compiler, whose statistics read the gradient twice.
+
 Run::
 
   python -m models.bench_step                       # the default grid
@@ -14,12 +18,13 @@ Run::
 """
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Sequence
 import dataclasses
 import json
 import pathlib
 import platform
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,13 +34,18 @@ import optax
 import ember_optax
 from ember_optax.diagnostics import tree_bytes
 from models import gpt
+from models.presets import PRESETS
+from models.reporting import markdown_table
 
 DEFAULT_SHAPES = ('32768x512', '50304x768', '131072x1024')
 DEFAULT_DTYPES = ('float32', 'bfloat16')
+DTYPES = ('float32', 'bfloat16', 'float16')
 LEARNING_RATE = 1e-3
 
-# Table-sized memory accesses per step of each optimizer when fully fused.
-TABLE_ACCESSES = {'ember': 4, 'adamw': 7, 'adafactor': 4, 'sgd': 3}
+# Table-sized memory accesses per step of each optimizer when fully fused. Without
+# the kernel, Ember's row and column sums each read the gradient.
+TABLE_ACCESSES = {'ember': 4, 'ember_xla': 5, 'adamw': 7, 'adafactor': 4, 'sgd': 3}
+RATIOS = ('ember/adamw', 'ember/adafactor', 'ember/sgd', 'ember_xla/adamw', 'ember_xla/sgd')
 
 # HBM bandwidth (bytes/s) of accelerators we report against.
 PEAK_BANDWIDTH = {
@@ -67,34 +77,46 @@ class Measurement:
   temp_bytes: int
 
 
-def make_step(optimizer: optax.GradientTransformation) -> Callable:
+def compile_step(optimizer: optax.GradientTransformation, params, grads) -> Any:
+  """The jitted, donated step ``(params, state, grads) -> (params, state)``, compiled now."""
+
   def step(params, state, grads):
     updates, state = optimizer.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  return jax.jit(step, donate_argnums=(0, 1))
-
-
-def compiled_temp_bytes(optimizer: optax.GradientTransformation, params, grads) -> int:
-  """Scratch memory of the compiled step, beyond its arguments and outputs."""
   state = jax.eval_shape(optimizer.init, params)
-  compiled = make_step(optimizer).lower(params, state, grads).compile()
-  return int(compiled.memory_analysis().temp_size_in_bytes)
+  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
 
 
-def bench_table(shape: tuple[int, int], dtype: str, rounds: int) -> list[Measurement]:
+def compile_kernel_off(optimizer: optax.GradientTransformation, params, grads) -> Any:
+  """:func:`compile_step` with Ember's CPU kernel turned off, for this step only."""
+  ember_optax.use_cpu_kernel(False)
+  try:
+    return compile_step(optimizer, params, grads)
+  finally:
+    ember_optax.use_cpu_kernel(None)
+
+
+def bench_table(
+    shape: tuple[int, ...], dtype: str, rounds: int, kernel_off: bool
+) -> list[Measurement]:
+  """Median step times of each optimizer (and of Ember without its kernel if ``kernel_off``)."""
   key_params, key_grads = jax.random.split(jax.random.PRNGKey(0))
   params = (0.02 * jax.random.normal(key_params, shape)).astype(dtype)
   grads = jax.random.normal(key_grads, shape).astype(dtype)
+  setups = {name: (optimizer, compile_step) for name, optimizer in optimizers().items()}
+  if kernel_off:
+    setups = {'ember': setups.pop('ember'),
+              'ember_xla': (ember_optax.ember(LEARNING_RATE), compile_kernel_off), **setups}
   runs = {}
-  for name, optimizer in optimizers().items():
-    step = make_step(optimizer)
+  for name, (optimizer, compile_fn) in setups.items():
+    step = compile_fn(optimizer, params, grads)
     state = optimizer.init(params)
     runs[name] = {
         'step': step,
         'carry': (params.copy(), state),
         'state_bytes': tree_bytes(state),
-        'temp_bytes': compiled_temp_bytes(optimizer, params, grads),
+        'temp_bytes': int(step.memory_analysis().temp_size_in_bytes),
         'times': [],
     }
   for round_index in range(rounds + 2):  # Two warm-up rounds, not recorded.
@@ -116,7 +138,7 @@ def bench_train_step(preset: str, rounds: int) -> dict[str, float]:
   """Median ms of a whole GPT train step under optax.adamw and under ember_adamw."""
   from flax import nnx  # Only this part of the benchmark needs Flax.
 
-  settings = gpt.PRESETS[preset]
+  settings = PRESETS[preset]
   config = dataclasses.replace(settings.model, vocab_size=settings.vocab_size)
   tokens = jax.random.randint(
       jax.random.PRNGKey(0), (settings.batch_size, settings.seq_len + 1), 0, config.vocab_size
@@ -156,37 +178,105 @@ def device_description() -> str:
   return f'{device.platform.upper()}: {device.device_kind}'
 
 
-def main(argv: list[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--shapes', nargs='+', default=list(DEFAULT_SHAPES),
-                      help='table shapes as VxD')
-  parser.add_argument('--dtypes', nargs='+', default=list(DEFAULT_DTYPES))
-  parser.add_argument('--rounds', type=int, default=10, help='timed steps per optimizer')
-  parser.add_argument('--train-preset', default='small',
-                      help="GPT preset for the whole-train-step comparison ('' to skip)")
-  parser.add_argument('--out', type=pathlib.Path, help='folder for bench_step.json')
+def summary_table(tables: Sequence[dict]) -> str:
+  """The README's Performance table: milliseconds, ratios and scratch memory per table."""
+  names = [m['optimizer'] for m in tables[0]['measurements']] if tables else []
+  ratios = [r for r in RATIOS if tables and r in tables[0]['ratios']]
+  temps = [n for n in ('ember', 'ember_xla') if n in names]
+  header = (['table', 'dtype'] + [f'{n} ms' for n in names] + ratios
+            + [f'{n} temp / table' for n in temps])
+  rows = []
+  for entry in tables:
+    by_name = {m['optimizer']: m for m in entry['measurements']}
+    rows.append(
+        ['×'.join(map(str, entry['shape'])), entry['dtype']]
+        + [f"{by_name[n]['median_ms']:.1f}" for n in names]
+        + [f"{entry['ratios'][r]:.2f}" for r in ratios]
+        + [f"{by_name[n]['temp_bytes'] / entry['table_bytes']:.3f}" for n in temps]
+    )
+  return markdown_table(header, rows)
+
+
+class _Parser(argparse.ArgumentParser):
+  """Reports bad input as one line on stderr, without the usage text."""
+
+  def error(self, message: str):
+    self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+def _shape(text: str) -> tuple[int, ...]:
+  try:
+    shape = tuple(int(n) for n in text.lower().split('x'))
+  except ValueError:
+    shape = ()
+  if len(shape) < 2 or min(shape) < 1:
+    raise argparse.ArgumentTypeError(
+        f'{text!r} is not a table shape: give positive sizes joined by x, such as 32768x512 '
+        '(leading sizes stack tables: 4x16384x256)'
+    )
+  return shape
+
+
+def _positive(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f'{text!r} is not a positive whole number')
+  return int(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = _Parser(
+      prog='python -m models.bench_step', description=__doc__.splitlines()[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  parser.add_argument('--shapes', nargs='+', type=_shape, default=list(DEFAULT_SHAPES),
+                      metavar='VxD', help='table shapes (leading sizes stack tables)')
+  parser.add_argument('--dtypes', nargs='+', choices=DTYPES, default=list(DEFAULT_DTYPES),
+                      help='table and gradient dtypes')
+  parser.add_argument('--rounds', type=_positive, default=10,
+                      help='timed steps per optimizer, after two untimed ones')
+  parser.add_argument('--train-preset', choices=[*PRESETS, ''], default='small',
+                      help="GPT preset for the whole-train-step comparison ('' to skip it)")
+  parser.add_argument('--out', type=pathlib.Path, default=None,
+                      help='folder to write bench_step.json into; none: not written')
   args = parser.parse_args(argv)
+  # Defaults are strings, which argparse does not convert.
+  args.shapes = [_shape(s) if isinstance(s, str) else s for s in args.shapes]
+  if args.out is not None and args.out.exists() and not args.out.is_dir():
+    parser.error(f'argument --out: {str(args.out)!r} is a file, not a folder')
+  return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = parse_args(argv)
 
   peak = PEAK_BANDWIDTH.get(jax.devices()[0].device_kind)
-  results = {'device': device_description(), 'jax': jax.__version__, 'tables': []}
+  kernel = ember_optax.cpu_kernel_status()
+  # Ember without its kernel is a row of its own only where the kernel is in use.
+  kernel_off = kernel.available and jax.default_backend() == 'cpu' and jax.device_count() == 1
+  results = {'device': device_description(), 'jax': jax.__version__,
+             'cpu_kernel': kernel._asdict(), 'tables': []}
   print(f"{results['device']}, jax {jax.__version__}")
+  print(f'CPU kernel: {kernel.reason}')
   header = (f"{'table':>12} {'dtype':>8} {'optimizer':>9} {'median ms':>9} {'state MB':>9} "
             f"{'temp MB':>8} {'temp/table':>10} {'GB/s':>6}")
   print(header)
-  for shape_text in args.shapes:
-    shape = tuple(int(n) for n in shape_text.split('x'))
+  for shape in args.shapes:
+    shape_text = 'x'.join(map(str, shape))
     for dtype in args.dtypes:
       table_bytes = int(np.prod(shape)) * jnp.dtype(dtype).itemsize
-      measurements = bench_table(shape, dtype, args.rounds)
+      measurements = bench_table(shape, dtype, args.rounds, kernel_off)
       by_name = {m.optimizer: m for m in measurements}
       for m in measurements:
         bandwidth = TABLE_ACCESSES[m.optimizer] * table_bytes / (m.median_ms * 1e-3)
         print(f'{shape_text:>12} {dtype:>8} {m.optimizer:>9} {m.median_ms:9.2f} '
               f'{m.state_bytes / 2**20:9.2f} {m.temp_bytes / 2**20:8.2f} '
               f'{m.temp_bytes / table_bytes:10.3f} {bandwidth / 1e9:6.1f}')
+      ratios = {}
+      for ratio in RATIOS:
+        numerator, denominator = ratio.split('/')
+        if numerator in by_name:
+          ratios[ratio] = by_name[numerator].median_ms / by_name[denominator].median_ms
       ember_ms = by_name['ember'].median_ms
-      ratios = {f'ember/{name}': ember_ms / by_name[name].median_ms
-                for name in ('adamw', 'adafactor', 'sgd')}
       entry = {
           'shape': list(shape), 'dtype': dtype, 'table_bytes': table_bytes,
           'measurements': [dataclasses.asdict(m) for m in measurements], 'ratios': ratios,
@@ -198,11 +288,13 @@ def main(argv: list[str] | None = None) -> dict:
       print(' ' * 22 + '  '.join(f'{k} {v:.2f}' for k, v in ratios.items())
             + (f"  ember at {entry['ember_bandwidth_fraction_of_peak']:.0%} of peak HBM"
                if peak else ''))
+  print()
+  print(summary_table(results['tables']))
   if args.train_preset:
     train = bench_train_step(args.train_preset, args.rounds)
     results['train_step'] = {'preset': args.train_preset, 'median_ms': train,
                              'ratio': train['ember_adamw'] / train['adamw']}
-    print(f"whole GPT train step ({args.train_preset}): adamw {train['adamw']:.1f} ms, "
+    print(f"\nwhole GPT train step ({args.train_preset}): adamw {train['adamw']:.1f} ms, "
           f"ember_adamw {train['ember_adamw']:.1f} ms, "
           f"ratio {results['train_step']['ratio']:.2f}")
   if args.out:

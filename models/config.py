@@ -87,8 +87,8 @@ class TrainConfig:
   tokenizer_train_chars: int = option(
     data_lib.DEFAULT_TOKENIZER_TRAIN_CHARS, "characters of training text the BPE learns from")
   cache_dir: str | None = option(
-    None, "cache for the tokenizer and token arrays (default: $EMBER_CACHE or "
-    "~/.cache/ember_optax)")
+    None, "cache for the tokenizer and token arrays (default: $EMBER_OPTAX_CACHE_DIR/corpus, "
+    "else ~/.cache/ember_optax/corpus)")
   out: str | None = option(
     None, "folder for results.json and loss_curves.png (default: out/train/<date-time>)")
   checkpoint_dir: str | None = option(

@@ -18,9 +18,10 @@ Pipeline (all deterministic):
    training files only (the first ``tokenizer_train_chars`` characters of them, in path order, so a
    huge ``--text`` corpus does not make training slow; the whole stdlib train split fits under the
    default cap). Documents are joined with the ``<|endoftext|>`` token.
-4. **Cache.** Tokenizer and token arrays go to ``$EMBER_CACHE`` (default
-   ``~/.cache/ember_optax/``) under a key that hashes the corpus (root, relative paths, sizes,
-   modification times) and every setting above. The second run loads them at once.
+4. **Cache.** Tokenizer and token arrays go to ``default_cache_dir()``
+   (``~/.cache/ember_optax/corpus/`` unless ``$EMBER_OPTAX_CACHE_DIR`` moves it) under a key that
+   hashes the corpus (root, relative paths, sizes, modification times) and every setting above.
+   The second run loads them at once.
 5. **Batches.** Random windows of ``seq_len + 1`` tokens of the training stream, drawn from a NumPy
    generator seeded by ``seed``: the same seed gives the same batches, whichever optimizer runs.
    Validation uses fixed windows spread evenly over the validation stream.
@@ -115,9 +116,15 @@ class Corpus:
 
 
 def default_cache_dir() -> Path:
-  """``$EMBER_CACHE`` if set, else ``~/.cache/ember_optax``."""
-  env = os.environ.get("EMBER_CACHE")
-  return Path(env).expanduser() if env else Path.home() / ".cache" / "ember_optax"
+  """``$EMBER_OPTAX_CACHE_DIR/corpus``, else ``${XDG_CACHE_HOME:-~/.cache}/ember_optax/corpus``.
+
+  The same root as the library's CPU-kernel cache (``ember_optax.cpu_kernel_status()``), so one
+  variable moves both.
+  """
+  root = os.environ.get("EMBER_OPTAX_CACHE_DIR")
+  if not root:
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "ember_optax")
+  return Path(root).expanduser() / "corpus"
 
 
 def stdlib_root() -> Path:
@@ -266,7 +273,7 @@ def load_corpus(
       model shapes do not depend on the corpus (unused ids are never targets).
     val_fraction: fraction of files (by path hash) held out for validation.
     tokenizer_train_chars: the BPE is trained on at most this many characters of training text.
-    cache_dir: cache root; default ``$EMBER_CACHE`` or ``~/.cache/ember_optax``.
+    cache_dir: cache root; default ``default_cache_dir()``.
     verbose: print what is being built and how long it took.
   """
   if vocab_size < MIN_VOCAB_SIZE:

@@ -162,6 +162,17 @@ def test_tree_map_params_treats_factored_statistics_as_non_params():
   assert mapped[0].row == mapped[0].col == 'other'
 
 
+def test_a_partition_group_without_tables_steps_like_the_rest():
+  # Ember's group gets a tree of optax's masked nodes, without a single leaf.
+  params = _params()
+  labels = jax.tree.map(lambda _: 'adamw', params)
+  transforms = {'ember': ember_optax.ember(1e-2), 'adamw': optax.adamw(1e-2)}
+  optimizer = optax.partition(transforms, labels)
+  got, _ = _run(optimizer, params, 3)
+  want, _ = _run(optax.adamw(1e-2), params, 3)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), got, want)
+
+
 def test_transposed_head_gets_the_same_treatment():
   # The rule is symmetric under transposition: a (D, V) Dense kernel works as is.
   grad = jax.random.normal(jax.random.PRNGKey(2), (32, 8))

@@ -4,20 +4,19 @@ from collections.abc import Callable
 from typing import Any
 
 import optax
-from optax._src import base
 
 from ember_optax._src import checks, routing, transform
 
-MaskOrFn = Any | Callable[[base.Params], Any] | None
+MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
 def ember(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     mask: MaskOrFn = None,
-) -> base.GradientTransformationExtraArgs:
+) -> optax.GradientTransformationExtraArgs:
   r"""The Ember optimizer, for a language model's token tables.
 
   Ember scales each table's gradient by a factored, first-moment-free estimate
@@ -66,7 +65,7 @@ def ember(
 
 
 def ember_adamw(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     vocab_size: int | None = None,
     b1: float = 0.9,
@@ -74,13 +73,13 @@ def ember_adamw(
     eps: float = 1e-8,
     weight_decay: float = 1e-4,
     weight_decay_mask: MaskOrFn = None,
-    ember_learning_rate: base.ScalarOrSchedule | None = None,
+    ember_learning_rate: optax.ScalarOrSchedule | None = None,
     ember_b2: float | None = None,
     ember_eps: float | None = None,
     ember_weight_decay: float = 0.0,
-    labels: Any | Callable[[base.Params], Any] | None = None,
+    labels: Any | Callable[[optax.Params], Any] | None = None,
     is_token_table: routing.TokenTablePredicate | None = None,
-) -> base.GradientTransformationExtraArgs:
+) -> optax.GradientTransformationExtraArgs:
   """Ember on the token tables and :func:`optax.adamw` on everything else.
 
   Built on :func:`optax.partition`: the tables (found by
@@ -125,7 +124,7 @@ def ember_adamw(
   """
   allowed = frozenset({routing.EMBER, routing.ADAMW})
 
-  def param_labels(params: base.Params) -> Any:
+  def param_labels(params: optax.Params) -> Any:
     if labels is None:
       return routing.token_table_labels(
           params, vocab_size=vocab_size, is_token_table=is_token_table

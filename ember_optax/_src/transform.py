@@ -5,11 +5,11 @@ from typing import Any, NamedTuple
 
 import chex
 import jax
-from jax import lax
 import jax.numpy as jnp
-from optax._src import base, numerics
+import optax
 
-from ember_optax._src import checks, cpu_kernel, layout
+from ember_optax._src import checks, layout
+from ember_optax._src.squared_sums import squared_sums, statistics_dtype
 
 # Below this, the scalar statistic is treated as zero: it only guards the
 # division when every gradient so far was exactly zero.
@@ -26,14 +26,9 @@ class ScaleByEmberState(NamedTuple):
   """
 
   count: chex.Array  # Number of steps taken, shared by every leaf.
-  row: base.Updates  # EMA of the mean squared gradient of each row.
-  col: base.Updates  # EMA of the mean squared gradient of each column.
-  scale: base.Updates  # EMA of the mean squared gradient of the whole table.
-
-
-def statistics_dtype(dtype: Any) -> jnp.dtype:
-  """Float32 for low-precision parameters, float64 for float64 ones."""
-  return jnp.promote_types(dtype, jnp.float32)
+  row: optax.Updates  # EMA of the mean squared gradient of each row.
+  col: optax.Updates  # EMA of the mean squared gradient of each column.
+  scale: optax.Updates  # EMA of the mean squared gradient of the whole table.
 
 
 def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
@@ -45,44 +40,10 @@ def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
   return jnp.zeros_like(target)
 
 
-def _squared_sums_xla(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Row and column sums of ``grad**2`` as two independent XLA reductions.
-
-  XLA fuses each reduction with its producer on GPU and TPU, and partitions both
-  without moving a sharded table.
-  """
-  g = grad.astype(statistics_dtype(grad.dtype))
-  # Squaring through abs for the column sums keeps XLA from sharing one g*g
-  # between both reductions, which would materialize a table-sized temporary.
-  row_sums = jnp.sum(g * g, axis=-1)
-  col_sums = jnp.sum(jnp.abs(g) * jnp.abs(g), axis=-2)
-  return row_sums, col_sums
-
-
-def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Sums of ``grad**2`` over the last axis and over the second-to-last axis.
-
-  On a single CPU device a compiled kernel reads the gradient once on all cores
-  (see ``cpu_kernel``); elsewhere the two reductions are left to XLA.
-
-  Args:
-    grad: an array of at least two dimensions.
-
-  Returns:
-    ``(row_sums, col_sums)`` of shapes ``grad.shape[:-1]`` and
-    ``grad.shape[:-2] + grad.shape[-1:]``, in the statistics dtype.
-  """
-  # A custom call cannot be partitioned, and XLA would gather a sharded table
-  # to run it, so multi-device runs keep the reductions.
-  if jax.device_count() > 1 or grad.size == 0 or not cpu_kernel.supports(grad.dtype):
-    return _squared_sums_xla(grad)
-  return lax.platform_dependent(grad, cpu=cpu_kernel.squared_sums, default=_squared_sums_xla)
-
-
 def scale_by_ember(
     b2: float = 0.999,
     eps: float = 1e-8,
-) -> base.GradientTransformationExtraArgs:
+) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Ember's factored second-moment estimate.
 
   For each table ``W`` of shape ``(V, D)`` with gradient ``G`` at step ``t``,
@@ -134,10 +95,11 @@ def scale_by_ember(
   checks.check_decay('b2', b2)
   checks.check_non_negative('eps', eps)
 
-  def init_fn(params: base.Params) -> ScaleByEmberState:
-    if _is_params_placeholder(params):
-      # optax.tree.map_params probes init with an opaque stand-in for the
-      # params; no statistic has a parameter's shape, so none stands in for it.
+  def init_fn(params: optax.Params) -> ScaleByEmberState:
+    if not jax.tree.leaves(params):
+      # No table: an empty parameter group, or the leafless stand-in for the
+      # params that optax.tree.map_params probes init with. Each statistic is a
+      # single leaf, so map_params finds no parameter-shaped tree in the state.
       stand_in = jnp.zeros(())
       return ScaleByEmberState(jnp.zeros([], jnp.int32), stand_in, stand_in, stand_in)
     checks.check_float_params(params, 'scale_by_ember')
@@ -166,12 +128,14 @@ def scale_by_ember(
     )
 
   def update_fn(
-      updates: base.Updates,
+      updates: optax.Updates,
       state: ScaleByEmberState,
-      params: base.Params | None = None,
+      params: optax.Params | None = None,
       **extra_args: Any,
-  ) -> tuple[base.Updates, ScaleByEmberState]:
+  ) -> tuple[optax.Updates, ScaleByEmberState]:
     del params, extra_args
+    if not jax.tree.leaves(updates):
+      return updates, state._replace(count=optax.safe_increment(state.count))
     # Boxed gradients and statistics name different axes; compute on the arrays.
     boxed_updates, boxed_state = updates, state
     updates = layout.unbox(updates)
@@ -179,7 +143,7 @@ def scale_by_ember(
         state.count, layout.unbox(state.row), layout.unbox(state.col), layout.unbox(state.scale)
     )
     _check_updates_match_state(updates, state)
-    count = numerics.safe_increment(state.count)
+    count = optax.safe_increment(state.count)
 
     log_b2, one_minus_b2 = _decay_constants(b2)
 
@@ -221,11 +185,7 @@ def scale_by_ember(
         scale=layout.rebox_like(boxed_state.scale, scale),
     )
 
-  return base.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _is_params_placeholder(params: Any) -> bool:
-  return type(params).__name__ == '_ParamsPlaceholder'
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _decay_constants(b2: Any) -> tuple[Any, Any]:
@@ -241,7 +201,7 @@ def _decay_constants(b2: Any) -> tuple[Any, Any]:
   return jnp.log(b2), 1 - b2
 
 
-def _check_updates_match_state(updates: base.Updates, state: ScaleByEmberState) -> None:
+def _check_updates_match_state(updates: optax.Updates, state: ScaleByEmberState) -> None:
   """Raises (at trace time, before any state changes) if gradients don't fit the state."""
   expected = jax.tree.map(
       lambda row, col: jax.ShapeDtypeStruct(
