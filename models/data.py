@@ -22,8 +22,10 @@ Pipeline (all deterministic):
    (``~/.cache/ember_optax/corpus/`` unless ``$EMBER_OPTAX_CACHE_DIR`` moves it) under a key that
    hashes the corpus (root, relative paths, sizes, modification times) and every setting above.
    The second run loads them at once.
-5. **Batches.** Random windows of ``seq_len + 1`` tokens of the training stream, drawn from a NumPy
-   generator seeded by ``seed``: the same seed gives the same batches, whichever optimizer runs.
+5. **Batches.** Windows of ``seq_len + 1`` tokens of the training stream, one at a random position
+   in each of ``steps * batch_size`` equal strata of the stream, dealt to the steps in a random
+   order, all drawn from a NumPy generator seeded by ``seed``: the same seed gives the same batches,
+   whichever optimizer runs.
    Validation uses fixed windows spread evenly over the validation stream.
 """
 
@@ -394,9 +396,14 @@ def train_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields batches ``(inputs, targets)`` of shape ``(batch_size, seq_len)``, int32.
 
-  Window starts are drawn uniformly from the training stream by ``np.random.default_rng(seed)``,
-  all ``steps`` batches up front, so the batches depend on ``seed`` only, never on the optimizer
-  being trained; ``start`` skips the first batches (to resume a run) without changing the rest.
+  The run's ``steps * batch_size`` windows cover the training stream evenly: the stream is cut
+  into that many equal strata, each holds one window at a uniformly random position, and the
+  windows are dealt to the steps in a random order. A short run thus sees every part of the
+  corpus in proportion, whatever the seed (independent uniform windows would let the share of
+  each kind of file vary from seed to seed, and the validation loss with it). Everything is drawn
+  up front from ``np.random.default_rng(seed)``, so the batches depend on ``seed`` (and on
+  ``steps``) only, never on the optimizer being trained; ``start`` skips the first batches (to
+  resume a run) without changing the rest.
   """
   if tokens.size < seq_len + 2:
     raise CorpusError(
@@ -404,7 +411,11 @@ def train_batches(
       f"{seq_len + 2}; use a bigger corpus or a shorter seq_len"
     )
   rng = np.random.default_rng(seed)
-  starts = rng.integers(0, tokens.size - seq_len - 1, size=(steps, batch_size))
+  windows = steps * batch_size
+  positions = tokens.size - seq_len - 1  # Window starts 0 .. positions - 1.
+  edges = np.linspace(0, positions, windows + 1)
+  starts = np.floor(edges[:-1] + rng.random(windows) * np.diff(edges)).astype(np.int64)
+  starts = rng.permutation(np.minimum(starts, positions - 1)).reshape(steps, batch_size)
   offsets = np.arange(seq_len + 1)
   for step_starts in starts[start:]:
     window = tokens[step_starts[:, None] + offsets].astype(np.int32)

@@ -183,6 +183,17 @@ def test_batches_are_deterministic_and_resume_where_they_stopped():
   assert len(val) == 3 and val[0][0].shape == (4, 16)
 
 
+def test_batches_cover_the_training_stream_evenly():
+  """One window in each of steps * batch_size equal strata of the stream, in a random order."""
+  tokens = np.arange(100_000, dtype=np.int64)  # A token's value is its position.
+  batches = list(data_lib.train_batches(tokens, batch_size=4, seq_len=16, steps=50, seed=3))
+  starts = np.concatenate([inputs[:, 0] for inputs, _ in batches])
+  edges = np.linspace(0, tokens.size - 16 - 1, starts.size + 1)
+  ordered = np.sort(starts)
+  assert np.all(np.floor(edges[:-1]) <= ordered) and np.all(ordered < edges[1:])
+  assert not np.all(np.diff(starts) > 0)  # Dealt in a random order, not front to back.
+
+
 # --- the recipe --------------------------------------------------------------------------------
 
 
