@@ -899,7 +899,7 @@ def reality_table(reality: dict[str, dict]) -> str:
 def bar_plot(shape: published.DecoderShape, layouts: dict[str, Sequence[Measured]],
              path: Path) -> None:
   """One PNG per model: stacked bars of the step's memory per precision and optimizer, a panel
-  per layout (one device; per device of the FSDP layout)."""
+  per layout (one device; per device of the FSDP layout), and the searched budgets as lines."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -925,14 +925,22 @@ def bar_plot(shape: published.DecoderShape, layouts: dict[str, Sequence[Measured
       bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     for x, top in enumerate(bottom):
       ax.text(x, top, f"{top:.1f}", ha="center", va="bottom", fontsize=8)
+    top = 1.1 * max(bottom)
+    for budget in sorted({b for m in ms for b in m.fits}):
+      if budget * GIB < top * GIB:
+        ax.axhline(budget, color="black", linestyle="--", linewidth=0.8)
+        ax.text(len(stacks) - 0.5, budget, f"{budget:g} GiB", ha="right", va="bottom",
+                fontsize=7)
+    ax.set_ylim(0, top)
     ax.set_ylabel("GiB" + (" per device" if ms[0].devices > 1 else ""))
     ax.set_title(f"{title}: batch {ms[0].batch} × {ms[0].seq_len} tokens per device",
                  fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="y", alpha=0.3)
-  axes[0][0].legend(fontsize=8)
+  handles, names = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, names, loc="lower center", ncol=len(parts), fontsize=8, frameon=False)
   fig.suptitle(f"Train-step memory, {shape.title}", fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -1024,10 +1032,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--devices", type=int, default=8,
                       help="virtual CPU devices of the FSDP analysis, run in a subprocess "
                       "(0 or 1: skip it)")
-  parser.add_argument("--fsdp-budgets-at", nargs="*", default=["bfloat16"],
-                      choices=list(PRECISIONS),
-                      help="precisions whose FSDP analysis also searches the budgets (the others "
-                      "are reported at --batch only, which keeps the run short)")
+  parser.add_argument("--fsdp-budgets", nargs="*", type=float, default=[80],
+                      help="memory budgets (GiB per device) searched in the FSDP analysis")
   parser.add_argument("--jobs", type=int, default=2,
                       help="analyses run at once, each in its own process")
   parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True,
@@ -1050,8 +1056,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if positions and args.seq_len > positions:
       parser.error(f"--seq-len {args.seq_len} is longer than {model}'s {positions} learned "
                    "positions; pass --seq-len at most that, or leave that model out (--models)")
-  if any(b <= 0 for b in args.budgets):
-    parser.error(f"--budgets must be positive GiB, got {args.budgets}")
+  for flag, budgets in (("--budgets", args.budgets), ("--fsdp-budgets", args.fsdp_budgets)):
+    if any(b <= 0 for b in budgets):
+      parser.error(f"{flag} must be positive GiB, got {budgets}")
   if args.devices < 0:
     parser.error(f"--devices must be 0 or more, got {args.devices}")
   if args.jobs < 1:
@@ -1073,10 +1080,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
   for devices in reversed(layouts):  # The sharded analyses take longest: first.
     for shape in shapes:
       for precision in args.precisions:
-        searched = devices == 1 or precision in args.fsdp_budgets_at
         starts.append(functools.partial(
           analysis_child, shape, [precision], devices=devices,
-          budgets_gib=args.budgets if searched else [], **options))
+          budgets_gib=args.budgets if devices == 1 else args.fsdp_budgets, **options))
   if args.reality_check:
     starts += [functools.partial(reality_child, name) for name in args.optimizers]
   results = run_children(starts, args.jobs)
@@ -1100,7 +1106,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     "jax": jax.__version__,
     "machine": f"{os.cpu_count()}-core CPU",
     "config": {**options, "budgets_gib": args.budgets, "devices": args.devices,
-               "fsdp_budgets_at": args.fsdp_budgets_at, "jobs": args.jobs,
+               "fsdp_budgets_gib": args.fsdp_budgets, "jobs": args.jobs,
                "reality_preset": "small"},
     "single": [m.to_json() for m in single],
     "sharded": [m.to_json() for m in sharded],

@@ -236,7 +236,7 @@ def test_bench_on_a_small_shape_end_to_end(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_bench_sharded_over_8_devices_is_per_device(monkeypatch, tmp_path):
   results = _run_bench(monkeypatch, tmp_path, "--precisions", "bfloat16", "--optimizers",
-                       "adamw", "ember", "--devices", "8", "--fsdp-budgets-at", "bfloat16")
+                       "adamw", "ember", "--devices", "8", "--fsdp-budgets", "0.02")
   single = {m.optimizer: m for m in _check_results(results, devices=1)}
   for m in _check_results(results, devices=8):
     one = single[m.optimizer]
@@ -273,6 +273,8 @@ def test_every_flag_shows_its_default():
   ["--models", "gpt5"],
   ["--models", "gpt2", "--seq-len", "2048"],
   ["--budgets", "-1"],
+  ["--fsdp-budgets", "0"],
+  ["--jobs", "0"],
   ["--devices", "-2"],
   ["--precisions", "float16"],
 ])
