@@ -28,7 +28,8 @@ assignment; a GPU or TPU compiler fuses and schedules differently, so take them 
 Also measured: the largest batch that fits in a memory budget (compile-only search), the
 estimate against the resident memory of really running the step (``small`` GPT of
 ``models.gpt``), and the same analysis per device on 8 virtual CPU devices with a fully sharded
-(FSDP-style) layout, run in a subprocess.
+(FSDP-style) layout. Every shape and layout is analyzed in a process of its own (``--jobs`` at a
+time); the sharded ones start JAX with the virtual devices.
 
 Run::
 
@@ -517,9 +518,10 @@ def analyze(
       optimizer_state_bytes(name, params, labels, builder.param_shardings), steps[batch], fits,
       dict(sorted(steps.items())), seconds,
     ))
-    (log or _log)(f"  {shape.name:>13} {precision:>8} {name:>9} on {devices} device(s): step "
-        f"{format_bytes(steps[batch].total)} at batch {batch}; {len(steps)} compiles, "
-        f"{seconds:.0f} s")
+    (log or _log)(
+      f"  {shape.name:>13} {precision:>8} {name:>9} on {devices} device(s): step "
+      f"{format_bytes(steps[batch].total)} at batch {batch}; {len(steps)} compiles, {seconds:.0f} s"
+    )
   return results
 
 
