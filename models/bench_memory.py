@@ -64,7 +64,7 @@ import optax
 import ember_optax
 from ember_optax.diagnostics import state_bytes_by_group, tree_bytes
 from models import published
-from models.train import format_bytes, markdown_table
+from models.reporting import format_bytes, markdown_table
 
 OPTIMIZERS = ("adamw", "ember", "adafactor")
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -625,8 +625,9 @@ def real_step_memory(optimizer: str, preset: str = "small", repeats: int = 3) ->
     ``{"estimate": StepMemory fields, "arguments_rss": bytes, "step_rss": [bytes per step]}``.
   """
   from models import gpt  # The reference GPT of the main job; only the reality check needs it.
+  from models.presets import PRESETS
 
-  settings = gpt.PRESETS[preset]
+  settings = PRESETS[preset]
   config = dataclasses.replace(settings.model, vocab_size=settings.vocab_size)
 
   def new_params():

@@ -59,6 +59,9 @@ def test_status_is_a_json_serializable_named_tuple():
         ((2049, 520), jnp.float32),
         ((3, 1111, 96), jnp.bfloat16),
         ((2, 3, 70, 9), jnp.float32),
+        # Wide rows (a Dense head (D, V)): fewer, longer blocks keep the partial sums small.
+        ((40, 70000), jnp.float32),
+        ((300, 40000), jnp.bfloat16),
     ],
 )
 @pytest.mark.parametrize(

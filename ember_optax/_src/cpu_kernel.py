@@ -38,9 +38,13 @@ _FALLBACK = (
 
 # The kernel hands whole blocks of about this many bytes of rows to a thread,
 # each writing its own partial column sums. Blocks depend only on the shape, so
-# results are bitwise the same whatever the number of threads; the partial sums
-# take 4 / (rows per block * itemsize) of the table, under 2% below D = 4096.
+# results are bitwise the same whatever the number of threads.
 _BLOCK_BYTES = 1 << 20
+# The partial sums (one float32 row of column sums per block) are kept under this
+# share of the table: where rows are wide (a Flax Dense head (D, V), rows of
+# V = 50k-260k floats) blocks of 1 MiB would hold a row or two each, and their
+# partial sums would be as large as the table itself.
+_MAX_PARTIALS_SHARE = 1 / 32
 
 
 class CpuKernelStatus(NamedTuple):
@@ -275,7 +279,8 @@ def _check_against_numpy() -> None:
 def _call(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
   *leading, n_rows, n_cols = grad.shape
   rows_per_block = max(1, _BLOCK_BYTES // (n_cols * grad.dtype.itemsize))
-  n_blocks = math.ceil(n_rows / rows_per_block)
+  max_blocks = max(1, int(_MAX_PARTIALS_SHARE * n_rows * grad.dtype.itemsize / 4))
+  n_blocks = min(math.ceil(n_rows / rows_per_block), max_blocks)
   row_sums, col_partials = jax.ffi.ffi_call(
       _TARGET_NAME,
       (
