@@ -12,6 +12,13 @@ import ember_optax
 from ember_optax._src import cpu_kernel, squared_sums
 
 
+@pytest.fixture(scope='module', autouse=True)
+def built_kernel():
+  """Builds (or loads) and registers the kernel, whichever test of this file runs first."""
+  status = ember_optax.cpu_kernel_status()
+  assert status.available, status.reason
+
+
 def _reference(grad):
   squares = np.asarray(grad, np.float64) ** 2
   return squares.sum(-1), squares.sum(-2)
