@@ -1,6 +1,7 @@
-"""models.bench_memory: exact optimizer-state bytes, Ember's scratch against AdamW's, the batch
-search, the real run and the command line, on small shapes (the published ones are the bench's
-own job; their parameter counts are checked here, from shapes alone)."""
+"""The memory bench (``models.bench_memory`` and the modules it runs): exact optimizer-state
+bytes, Ember's scratch against AdamW's, the batch search, the real run and the command line, on
+small shapes (the published ones are the bench's own job; their parameter counts are checked
+here, from shapes alone)."""
 
 import dataclasses
 import json
@@ -13,7 +14,15 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from models import bench_memory, published
+from models import (
+  batch_search,
+  bench_memory,
+  memory_analysis,
+  memory_setups,
+  published,
+  real_step_memory,
+  step_memory,
+)
 
 FLOAT32_BYTES = 4
 COUNT_BYTES = 4  # An int32 step count.
@@ -36,7 +45,8 @@ SMALL_SHAPES = {
 
 
 def abstract(shape, precision="float32"):
-  graphdef, params = published.abstract_model(shape, param_dtype=bench_memory.PRECISIONS[precision])
+  dtype = memory_setups.PRECISIONS[precision]
+  graphdef, params = published.abstract_model(shape, param_dtype=dtype)
   return graphdef, params, published.table_labels(params, shape)
 
 
@@ -62,8 +72,8 @@ def test_table_state_is_exactly_v_plus_d_plus_1_floats_per_table(tying, precisio
   factored = sum(v + d + 1 for v, d in tables) * FLOAT32_BYTES
   adam = sum(2 * v * d for v, d in tables) * FLOAT32_BYTES
   body_adam = 2 * (n_params - shape.table_params()) * FLOAT32_BYTES
-  state = {name: bench_memory.optimizer_state_bytes(name, params, labels)
-           for name in bench_memory.OPTIMIZERS}
+  state = {name: memory_setups.optimizer_state_bytes(name, params, labels)
+           for name in memory_setups.OPTIMIZERS}
   # Ember: row (V,), col (D,) and scale () per table, and one step count for all of them.
   assert state["ember"].tables == factored + COUNT_BYTES
   # Adafactor: v_row (V,), v_col (D,), a (1,) placeholder for v per table, and its count
@@ -76,12 +86,12 @@ def test_table_state_is_exactly_v_plus_d_plus_1_floats_per_table(tying, precisio
     assert state[name].model == body_adam + COUNT_BYTES + state[name].tables
 
 
-@pytest.mark.parametrize("name", bench_memory.OPTIMIZERS)
+@pytest.mark.parametrize("name", memory_setups.OPTIMIZERS)
 def test_statistics_stay_float32_for_bfloat16_parameters(name):
   params = {"embed": jnp.full((64, 16), 0.1, jnp.bfloat16),
             "w": jnp.full((16, 8), 0.1, jnp.bfloat16)}
   labels = {"embed": "ember", "w": "adamw"}
-  optimizer = bench_memory.make_optimizer(name, labels)
+  optimizer = memory_setups.make_optimizer(name, labels)
   state = optimizer.init(params)
 
   @jax.jit
@@ -114,26 +124,26 @@ def test_largest_fitting_batch_agrees_with_exhaustive_search(memory, budget):
     return memory(b)
 
   expected = max((b for b in range(1, 1000) if memory(b) <= budget), default=0)
-  assert bench_memory.largest_fitting_batch(counted, budget, {}) == expected
+  assert batch_search.largest_fitting_batch(counted, budget, {}) == expected
   assert len(calls) == len(set(calls))  # Never compiles a batch twice.
   assert len(calls) <= 8
 
 
 def test_largest_fitting_batch_confirms_both_sides_of_the_boundary():
   known = {}
-  fit = bench_memory.largest_fitting_batch(lambda b: 1000 + 70 * b, 3000, known)
+  fit = batch_search.largest_fitting_batch(lambda b: 1000 + 70 * b, 3000, known)
   assert fit == 28 and known[28] <= 3000 < known[29]
-  assert bench_memory.largest_fitting_batch(lambda b: 1000 + 70 * b, 1000, {}) == 0
+  assert batch_search.largest_fitting_batch(lambda b: 1000 + 70 * b, 1000, {}) == 0
 
 
 def _compiled_step(shape, optimizer, precision, batch=2, seq_len=64, options=None):
   graphdef, params, labels = abstract(shape, precision)
-  builder = bench_memory.StepBuilder(graphdef, params, labels, optimizer, seq_len)
+  builder = step_memory.StepBuilder(graphdef, params, labels, optimizer, seq_len)
   return builder.compile(batch, options)
 
 
 def _step_memory(shape, optimizer, precision, batch=2, seq_len=64, options=None):
-  return bench_memory.StepMemory.of(
+  return step_memory.StepMemory.of(
     _compiled_step(shape, optimizer, precision, batch, seq_len, options))
 
 
@@ -142,9 +152,9 @@ def _extra_temp_share(shape, precision, batch=2, seq_len=64):
   step calls ember_optax's CPU kernel (built at install where a C++ compiler is present)."""
   ember = _compiled_step(shape, "ember", precision, batch, seq_len)
   adamw = _step_memory(shape, "adamw", precision, batch, seq_len)
-  extra = bench_memory.StepMemory.of(ember).temp - adamw.temp
+  extra = step_memory.StepMemory.of(ember).temp - adamw.temp
   uses_kernel = "ember_squared_sums" in ember.as_text()
-  return extra / bench_memory.largest_table_bytes(shape, precision), uses_kernel
+  return extra / memory_analysis.largest_table_bytes(shape, precision), uses_kernel
 
 
 @pytest.mark.parametrize(("shape", "precision", "batch"), [
@@ -158,14 +168,14 @@ def _extra_temp_share(shape, precision, batch=2, seq_len=64):
 def test_ember_adds_no_temporary_over_adamw_larger_than_5_percent_of_a_table(
     shape, precision, batch):
   share, _ = _extra_temp_share(shape, precision, batch)
-  assert share <= bench_memory.TEMP_ALLOWANCE
+  assert share <= memory_analysis.TEMP_ALLOWANCE
 
 
 def test_ember_adds_no_table_sized_temporary_on_a_long_row_head():
   """A (D, V) head with rows of 1 MiB (V = 262144 in float32), on the CPU kernel's path too."""
   shape = small_shape(vocab_size=262144, d_model=64, head_dim=16, d_ff=128, n_layers=1)
   share, _ = _extra_temp_share(shape, "float32", batch=1, seq_len=16)
-  assert share <= bench_memory.TEMP_ALLOWANCE
+  assert share <= memory_analysis.TEMP_ALLOWANCE
 
 
 def test_a_small_bfloat16_model_pays_at_most_one_gradient_copy_for_the_kernel():
@@ -174,7 +184,7 @@ def test_a_small_bfloat16_model_pays_at_most_one_gradient_copy_for_the_kernel():
   never needs. On this tiny model at batch 1 the copy lands on the step's peak; it is never more
   than that one copy (the README's memory section)."""
   share, uses_kernel = _extra_temp_share(SMALL_SHAPES["untied"], "bfloat16", batch=1)
-  bound = 1 + bench_memory.TEMP_ALLOWANCE if uses_kernel else bench_memory.TEMP_ALLOWANCE
+  bound = 1 + memory_analysis.TEMP_ALLOWANCE if uses_kernel else memory_analysis.TEMP_ALLOWANCE
   assert share <= bound
 
 
@@ -183,8 +193,8 @@ def test_the_state_ember_frees_shows_in_the_step_arguments_byte_for_byte():
   ember = _step_memory(shape, "ember", "float32")
   adamw = _step_memory(shape, "adamw", "float32")
   _, params, labels = abstract(shape, "float32")
-  saved = (bench_memory.optimizer_state_bytes("adamw", params, labels).model
-           - bench_memory.optimizer_state_bytes("ember", params, labels).model)
+  saved = (memory_setups.optimizer_state_bytes("adamw", params, labels).model
+           - memory_setups.optimizer_state_bytes("ember", params, labels).model)
   assert adamw.argument - ember.argument == saved
   # Outputs hold the same arrays, plus XLA:CPU's table of 8-byte pointers, one per output.
   assert adamw.output - ember.output == pytest.approx(saved, abs=8 * 16)
@@ -208,7 +218,7 @@ def _run_bench(monkeypatch, tmp_path, *flags):
 
 def _check_results(results, devices):
   """What every run must satisfy, whatever the shape: exact arguments, confirmed budgets."""
-  measured = [bench_memory.Measured.from_json(m)
+  measured = [memory_analysis.Measured.from_json(m)
               for m in results["single" if devices == 1 else "sharded"]]
   assert measured and all(m.devices == devices for m in measured)
   for m in measured:
@@ -216,7 +226,7 @@ def _check_results(results, devices):
     assert m.step.argument == m.params + m.state.model + m.batch * (m.seq_len + 1) * 4
     assert m.step.alias == m.params + m.state.model  # All donated, all written in place.
     for budget, fit in m.fits.items():
-      budget_bytes = budget * bench_memory.GIB
+      budget_bytes = budget * memory_analysis.GIB
       assert fit >= 1 and m.steps_by_batch[fit].total <= budget_bytes
       assert m.steps_by_batch[fit + 1].total > budget_bytes
   assert {(c["model"], c["precision"], c["devices"]) for c in results["temp_checks"]
@@ -230,8 +240,8 @@ def test_bench_on_a_small_shape_end_to_end(monkeypatch, tmp_path):
   measured = _check_results(results, devices=1)
   _, params, labels = abstract(SMALL_SHAPES["tied"], "float32")
   assert {m.optimizer: m.state for m in measured} == {
-    name: bench_memory.optimizer_state_bytes(name, params, labels)
-    for name in bench_memory.OPTIMIZERS}
+    name: memory_setups.optimizer_state_bytes(name, params, labels)
+    for name in memory_setups.OPTIMIZERS}
   written = json.loads((tmp_path / "bench_memory.json").read_text())
   assert written["single"] == results["single"]
   report = (tmp_path / "bench_memory.md").read_text()
@@ -256,8 +266,8 @@ def test_bench_sharded_over_8_devices_is_per_device(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_analysis_against_a_real_run():
-  real = bench_memory.reality_check(["ember"])["ember"]
-  estimate = bench_memory.StepMemory(**real["estimate"])
+  real = real_step_memory.reality_check(["ember"])["ember"]
+  estimate = step_memory.StepMemory(**real["estimate"])
   # The arguments are resident as the analysis counts them, to within allocator rounding.
   assert abs(real["arguments_rss"] - estimate.argument) < 0.1 * estimate.argument + 2**21
   # A step holds at least its temporaries, plus what the matmul library allocates for itself.
