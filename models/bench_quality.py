@@ -40,7 +40,8 @@ from models import train as train_lib
 from models.config import ConfigError, TrainConfig, resolve
 
 PROG = "python -m models.bench_quality"
-DEFAULT_LRS = (1e-3, 2e-3, 4e-3, 8e-3)
+# The grid of the README's run; the benchmark extends it wherever a best lands on its edge.
+DEFAULT_LRS = (2e-3, 4e-3, 8e-3)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 SWEEPS = {"lr": "lr", "table-lr": "table_lr"}  # --sweep value -> the run's swept field.
 

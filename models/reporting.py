@@ -102,11 +102,16 @@ def format_summary(summary: dict) -> str:
             "rare-token val loss", "opt. state, tables", "opt. state, model")
   return markdown_table(header, (
     (setup, f"{s['lr']:.3g} / {s['table_lr']:.3g}", str(len(s["seeds"])),
-     format_loss(s["final_val_loss"]), f"{s['final_val_loss']['spread']:.4f}",
+     format_loss(s["final_val_loss"]), _format_spread(s["final_val_loss"]),
      format_loss(s["rare_val_loss"]), format_bytes(s["table_state_bytes"]),
      format_bytes(s["model_state_bytes"]))
     for setup, s in summary.items()
   ))
+
+
+def _format_spread(described: dict) -> str:
+  """Max - min over the seeds; a single seed has no spread to show."""
+  return f"{described['spread']:.4f}" if described["n"] > 1 else "n/a (1 seed)"
 
 
 def format_paired(paired: dict, reference: str = "ember") -> str:
