@@ -12,8 +12,8 @@ Flax (NNX or linen) training loop, inside a jitted step or on host copies:
 * :func:`effective_rank`: the entropy-based effective rank of a matrix, for a
   table's gradient against the hidden weights'.
 * :func:`tree_bytes` and :func:`state_bytes_by_group`: optimizer-state bytes,
-  in total and per parameter group (for instance the ``'ember'`` and
-  ``'adamw'`` branches of :func:`ember_optax.ember_adamw`).
+  in total and per parameter group (for instance the ``'token_table'`` and
+  ``'body'`` branches of :func:`ember_optax.ember_partition`).
 
 Token axes: an input embedding ``(V, D)`` has one token per row
 (``token_axis=0``); a Dense LM head kernel ``(D, V)`` has one per column
@@ -318,8 +318,8 @@ def state_bytes_by_group(state: Any, labels: Any | None = None) -> dict[str, int
 
   * Every ``optax.partition`` (or ``optax.multi_transform``) state found in
     ``state`` credits each branch's inner state to the branch's label. The
-    state of :func:`ember_optax.ember_adamw` thus splits into ``'ember'`` (the
-    token tables) and ``'adamw'`` (the rest); ``optax.MaskedNode`` placeholders
+    state of :func:`ember_optax.ember_adamw` thus splits into ``'token_table'``
+    and ``'body'`` (the rest); ``optax.MaskedNode`` placeholders
     count nothing.
   * With ``labels`` (a pytree of strings with the structure of the params, such
     as :func:`ember_optax.token_table_labels` returns), every other subtree of
@@ -351,7 +351,7 @@ def state_bytes_by_group(state: Any, labels: Any | None = None) -> dict[str, int
     ...           'mlp': {'kernel': jnp.zeros((64, 64))}}
     >>> tx = ember_optax.ember_adamw(1e-3, vocab_size=1000)
     >>> diagnostics.state_bytes_by_group(jax.eval_shape(tx.init, params))
-    {'adamw': 32772, 'ember': 4264}
+    {'body': 32772, 'token_table': 4264}
   """
   label_paths = None
   if labels is not None:
@@ -419,8 +419,8 @@ def group_sizes(params: Any, labels: Any) -> Mapping[str, int]:
     >>> import jax.numpy as jnp
     >>> from ember_optax import diagnostics
     >>> diagnostics.group_sizes({'a': jnp.zeros((3, 4)), 'b': jnp.zeros(5)},
-    ...                         {'a': 'ember', 'b': 'adamw'})
-    {'ember': 12, 'adamw': 5}
+    ...                         {'a': 'token_table', 'b': 'body'})
+    {'token_table': 12, 'body': 5}
   """
   sizes: dict[str, int] = {}
   for label, leaf in zip(jax.tree.leaves(labels), jax.tree.leaves(params), strict=True):

@@ -188,7 +188,7 @@ def is_token_table(config: GPTConfig) -> Callable[[str, object], bool]:
 
 
 def table_labels(params, config: GPTConfig):
-  """Labels this GPT's parameters ``"ember"`` (token tables) or ``"adamw"`` (the rest)."""
+  """Labels this GPT's parameters ``"token_table"`` (token tables) or ``"body"`` (the rest)."""
   return ember_optax.token_table_labels(params, is_token_table=is_token_table(config))
 
 

@@ -28,8 +28,8 @@ from models.fsdp_layout import shard_shapes
 
 OPTIMIZERS = ("adamw", "ember", "adafactor")
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Label names of ember_optax.token_table_labels: "ember" marks a token table, "adamw" the rest.
-TABLE, BODY = "ember", "adamw"
+# Label names of ember_optax.token_table_labels: one marks a token table, the other the rest.
+TABLE, BODY = ember_optax.TABLE_LABEL, ember_optax.BODY_LABEL
 ADAFACTOR = "adafactor"
 LEARNING_RATE = 1e-3
 
@@ -77,7 +77,7 @@ def make_optimizer(name: str, labels: Any) -> optax.GradientTransformationExtraA
 
   Args:
     name: ``"adamw"``, ``"ember"`` or ``"adafactor"``.
-    labels: ``"ember"`` (token table) or ``"adamw"`` (the rest) per parameter, as
+    labels: ``"token_table"`` or ``"body"`` (the rest) per parameter, as
       ``ember_optax.token_table_labels`` or ``models.published.table_labels`` give them.
 
   Returns:
@@ -123,7 +123,7 @@ def optimizer_state_bytes(name: str, params: Any, labels: Any,
   Args:
     name: ``"adamw"``, ``"ember"`` or ``"adafactor"`` (see :func:`make_optimizer`).
     params: the parameters (arrays or ``jax.ShapeDtypeStruct``s; a dict or an ``nnx.State``).
-    labels: ``"ember"``/``"adamw"`` per parameter.
+    labels: ``"token_table"``/``"body"`` per parameter.
     param_shardings: if given (``NamedSharding`` per parameter), the bytes are one device's,
       with the state laid out by ``ember_optax.state_shardings``.
 
@@ -134,7 +134,7 @@ def optimizer_state_bytes(name: str, params: Any, labels: Any,
     >>> import jax, jax.numpy as jnp
     >>> params = {'embed': jax.ShapeDtypeStruct((1000, 64), jnp.float32),
     ...           'w': jax.ShapeDtypeStruct((64, 64), jnp.float32)}
-    >>> labels = {'embed': 'ember', 'w': 'adamw'}
+    >>> labels = {'embed': 'token_table', 'w': 'body'}
     >>> optimizer_state_bytes('ember', params, labels)
     StateBytes(tables=4264, model=37040)
   """

@@ -21,7 +21,7 @@ import ember_optax
 from models.config import Plan
 from models.gpt import is_token_table, table_labels
 
-BODY = "adamw"
+BODY = ember_optax.BODY_LABEL
 
 
 def table_transform(setup: str, plan: Plan) -> optax.GradientTransformation:
@@ -73,7 +73,9 @@ def make_optimizer(setup: str, plan: Plan) -> optax.GradientTransformation:
 
     def labels(params):
       return jax.tree.map(
-        lambda label: table_label if label == "ember" else BODY, table_labels(params, plan.model))
+        lambda label: table_label if label == ember_optax.TABLE_LABEL else BODY,
+        table_labels(params, plan.model),
+      )
 
     optimizer = optax.partition(
       {table_label: table_transform(setup, plan), BODY: body}, labels)

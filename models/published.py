@@ -26,6 +26,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+import ember_optax
+
 # Path segments (nnx.State keys) of the token tables. A tied head reuses the embedding.
 TOKEN_EMBED = ("token_embed", "embedding")
 LM_HEAD = ("lm_head", "kernel")
@@ -323,14 +325,16 @@ def abstract_model(
 
 
 def table_labels(params: Any, shape: DecoderShape) -> Any:
-  """``"ember"`` for the token tables, ``"adamw"`` for the rest, per leaf of a pure-dict ``params``.
+  """``"token_table"`` for the token tables, ``"body"`` for the rest, per leaf of dict ``params``.
 
   The labels ``ember_optax.ember_adamw(labels=...)`` takes; the learned-position table of GPT-2
   is not a token table and stays with the body.
   """
   tables = {TOKEN_EMBED} if shape.tied else {TOKEN_EMBED, LM_HEAD}
   return jax.tree_util.tree_map_with_path(
-    lambda path, _: "ember" if _path_names(path) in tables else "adamw", params
+    lambda path, _: (
+      ember_optax.TABLE_LABEL if _path_names(path) in tables else ember_optax.BODY_LABEL),
+    params,
   )
 
 

@@ -101,7 +101,7 @@ class StepBuilder:
   Attributes:
     graphdef: the model's graph (``nnx.split``).
     params: the parameters as a pure dict (abstract or concrete).
-    labels: ``"ember"``/``"adamw"`` per parameter.
+    labels: ``"token_table"``/``"body"`` per parameter.
     optimizer: setup name (see ``models.memory_setups.make_optimizer``).
     seq_len: tokens per sequence.
     mesh: a one-axis device mesh for the FSDP layout, or ``None`` for one device.

@@ -171,7 +171,7 @@ def check_gpt_training(out):
     distributed, config, mesh = gpt_setup(layout)
     params, opt_state, losses = distributed.train(config, mesh=mesh, layout=layout, steps=STEPS)
     np.savez(out / f'gpt_{layout}.npz', **distributed.flatten(params))
-    ember_state = opt_state.inner_states['ember'].inner_state[0]
+    ember_state = opt_state.inner_states['token_table'].inner_state[0]
     tables = {'token_embed': 'embedding', 'lm_head': 'kernel'}
     result[layout] = {
         'losses': losses,
@@ -257,7 +257,7 @@ def check_checkpoint(tmp):
         for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)
     )
 
-  ember_b = restored_b['opt_state'].inner_states['ember'].inner_state[0]
+  ember_b = restored_b['opt_state'].inner_states['token_table'].inner_state[0]
   result = {
       'restored_a_equal': equal(jax.tree.map(np.asarray, restored_a), saved),
       'restored_b_equal': equal(jax.tree.map(np.asarray, restored_b), saved),
@@ -314,7 +314,7 @@ def check_nnx_optimizer():
       optimizer.update(model, grads)
 
     step(model, optimizer, jnp.arange(32, dtype=jnp.int32).reshape(4, 8))
-  ember_state = optimizer.opt_state.inner_states['ember'].inner_state[0]
+  ember_state = optimizer.opt_state.inner_states['token_table'].inner_state[0]
   specs = nnx.get_partition_spec(nnx.state(optimizer))
   spec_state = specs['opt_state']['inner_states']['ember']['inner_state'][0]
   return {

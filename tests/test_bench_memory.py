@@ -58,7 +58,7 @@ def test_published_shapes_have_their_published_parameter_counts(name):
   assert n_params == shape.published_params
   tables = [leaf.shape for leaf, label in zip(
     jax.tree.leaves(params), jax.tree.leaves(published.table_labels(params, shape)), strict=True)
-    if label == "ember"]
+    if label == "token_table"]
   assert sorted(tables) == sorted(shape.table_shapes())
 
 
@@ -90,7 +90,7 @@ def test_table_state_is_exactly_v_plus_d_plus_1_floats_per_table(tying, precisio
 def test_statistics_stay_float32_for_bfloat16_parameters(name):
   params = {"embed": jnp.full((64, 16), 0.1, jnp.bfloat16),
             "w": jnp.full((16, 8), 0.1, jnp.bfloat16)}
-  labels = {"embed": "ember", "w": "adamw"}
+  labels = {"embed": "token_table", "w": "body"}
   optimizer = memory_setups.make_optimizer(name, labels)
   state = optimizer.init(params)
 

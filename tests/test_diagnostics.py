@@ -192,10 +192,10 @@ class TestStateBytes:
     for state in (tx.init(params), jax.eval_shape(tx.init, params)):
       groups = diagnostics.state_bytes_by_group(state)
       # Ember: V + D + 1 floats per table (two tables) and its step count; MaskedNodes are free.
-      assert groups['ember'] == 4 * (2 * (vocab + width + 1) + 1)
+      assert groups['token_table'] == 4 * (2 * (vocab + width + 1) + 1)
       body = width * 2 * width + 2 * width
-      assert groups['adamw'] == 4 * (2 * body + 1)
-      assert set(groups) == {'ember', 'adamw'}
+      assert groups['body'] == 4 * (2 * body + 1)
+      assert set(groups) == {'token_table', 'body'}
       assert sum(groups.values()) == diagnostics.tree_bytes(state)
 
   def test_single_adamw_split_by_labels(self):
@@ -204,8 +204,8 @@ class TestStateBytes:
     labels = ember_optax.token_table_labels(params)
     groups = diagnostics.state_bytes_by_group(optax.adamw(1e-3).init(params), labels)
     assert groups == {
-        'ember': 4 * 2 * (2 * vocab * width),
-        'adamw': 4 * 2 * (width * 2 * width + 2 * width),
+        'token_table': 4 * 2 * (2 * vocab * width),
+        'body': 4 * 2 * (width * 2 * width + 2 * width),
         'other': 4,
     }
 
@@ -225,7 +225,7 @@ class TestStateBytes:
         optax.clip_by_global_norm(1.0), ember_optax.ember_adamw(1e-3, vocab_size=1000)
     )
     groups = diagnostics.state_bytes_by_group(tx.init(params))
-    assert set(groups) == {'ember', 'adamw'}
+    assert set(groups) == {'token_table', 'body'}
 
   def test_without_partition_or_labels_raises(self):
     with pytest.raises(ValueError, match='labels='):
@@ -235,7 +235,7 @@ class TestStateBytes:
     params = _params(100, 8)
     labels = ember_optax.token_table_labels(params)
     assert diagnostics.group_sizes(params, labels) == {
-        'ember': 2 * 100 * 8, 'adamw': 8 * 16 + 16
+        'token_table': 2 * 100 * 8, 'body': 8 * 16 + 16
     }
 
   def test_nnx_optimizer_state(self):
@@ -252,11 +252,11 @@ class TestStateBytes:
     labels = ember_optax.token_table_labels(params)
     split = nnx.Optimizer(model, ember_optax.ember_adamw(1e-3), wrt=nnx.Param)
     assert diagnostics.state_bytes_by_group(split.opt_state) == {
-        'ember': 4 * (500 + 16 + 1 + 1), 'adamw': 4 * (2 * (16 * 32 + 32) + 1),
+        'token_table': 4 * (500 + 16 + 1 + 1), 'body': 4 * (2 * (16 * 32 + 32) + 1),
     }
     adam = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
     groups = diagnostics.state_bytes_by_group(adam.opt_state, labels)
-    assert groups == {'ember': 4 * 2 * 500 * 16, 'adamw': 4 * 2 * (16 * 32 + 32), 'other': 4}
+    assert groups == {'token_table': 4 * 2 * 500 * 16, 'body': 4 * 2 * (16 * 32 + 32), 'other': 4}
 
 
 def test_module_is_importable_as_attribute_path():

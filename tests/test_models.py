@@ -58,19 +58,17 @@ def test_logit_bias_sets_the_untrained_models_prediction():
 
 
 def _table_paths(params, labels) -> set[str]:
-  """The ``a/b`` paths labelled ``"ember"``."""
+  """The ``a/b`` paths labelled ``"token_table"``."""
   flat = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(labels))
   return {jax.tree_util.keystr(p, simple=True, separator="/") for p, label in flat
-          if label == "ember"}
+          if label == ember_optax.TABLE_LABEL}
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_library_finds_the_models_token_tables(tie):
-  """ember_optax's detection finds the model's own tables, plus the position table.
+  """ember_optax's detection, by name and by vocabulary size, finds the model's own tables.
 
-  The library routes every ``Embed`` table to Ember, positions included; the comparison routes
-  by the model's own tables, which keep ``pos_embed`` (not a token table) and the head's bias
-  with AdamW.
+  Neither takes ``pos_embed`` (positions, not tokens) or the head's bias.
   """
   for name in ("tiny", "small"):
     cfg = dataclasses.replace(
@@ -80,7 +78,9 @@ def test_library_finds_the_models_token_tables(tie):
     theirs = _table_paths(
       params, ember_optax.token_table_labels(params, vocab_size=cfg.vocab_size))
     assert ours == token_table_paths(cfg)
-    assert theirs == ours | {"pos_embed/embedding"}, f"{name}: {sorted(theirs)}"
+    assert theirs == ours, f"{name}: {sorted(theirs)}"
+    by_name = _table_paths(params, ember_optax.token_table_labels(params))
+    assert by_name == ours, f"{name}: {sorted(by_name)}"
 
 
 def test_presets_keep_body_dims_off_the_vocab_size():
@@ -224,10 +224,10 @@ def test_adafactor_tables_are_not_stored_as_ember():
   plan = resolve(TrainConfig(preset="tiny"))
   cfg = plan.model
   params = nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-  for setup, table_label in (("adafactor", "adafactor"), ("ember", "ember")):
+  for setup, table_label in (("adafactor", "adafactor"), ("ember", ember_optax.TABLE_LABEL)):
     state = make_optimizer(setup, plan).init(params)
     partition = next(s for s in state if isinstance(s, optax.PartitionState))
-    assert set(partition.inner_states) == {table_label, "adamw"}, setup
+    assert set(partition.inner_states) == {table_label, ember_optax.BODY_LABEL}, setup
 
 
 def test_initial_loss_is_at_most_uniform(tiny_config):

@@ -68,17 +68,20 @@ def _flat(labels):
 def test_linen_gpt_tables_by_name(tie):
   params = LinenGPT(tie_embeddings=tie).init(jax.random.PRNGKey(0), _tokens())['params']
   labels = _flat(ember_optax.token_table_labels(params))
-  tables = {path for path, label in labels.items() if label == 'ember'}
-  expected = {'wte/embedding', 'wpe/embedding', 'blocks/value_embed/embedding'}
+  tables = {path for path, label in labels.items() if label == 'token_table'}
+  # wpe holds positions, not tokens: it stays with the body.
+  expected = {'wte/embedding', 'blocks/value_embed/embedding'}
   if not tie:
     expected.add('lm_head/kernel')
   assert tables == expected
   assert params['blocks']['value_embed']['embedding'].shape == (LAYERS, VOCAB, WIDTH)
   assert all(
-      labels[path] == 'adamw'
+      labels[path] == 'body'
       for path in labels
       if 'attention' in path or 'mlp' in path or 'bias' in path or 'scale' in path
   )
+  by_size = _flat(ember_optax.token_table_labels(params, vocab_size=VOCAB))
+  assert {path for path, label in by_size.items() if label == 'token_table'} == expected
 
 
 def test_linen_gpt_tables_by_vocab_size_whatever_their_names():
@@ -86,7 +89,7 @@ def test_linen_gpt_tables_by_vocab_size_whatever_their_names():
   renamed = {'a': params['wte']['embedding'], 'b': params['lm_head']['kernel'],
              'c': params['blocks']['mlp_in']['kernel'], 'd': params['lm_head']['bias']}
   labels = ember_optax.token_table_labels(renamed, vocab_size=VOCAB)
-  assert labels == {'a': 'ember', 'b': 'ember', 'c': 'adamw', 'd': 'adamw'}
+  assert labels == {'a': 'token_table', 'b': 'token_table', 'c': 'body', 'd': 'body'}
 
 
 def test_linen_train_state_loop_decreases_loss():
@@ -108,7 +111,7 @@ def test_linen_train_state_loop_decreases_loss():
     state, loss = train_step(state, tokens)
   losses.append(float(loss))
   assert losses[-1] < 0.5 * losses[0]
-  ember_state = state.opt_state.inner_states['ember'].inner_state[0]
+  ember_state = state.opt_state.inner_states['token_table'].inner_state[0]
   assert ember_state.row['wte']['embedding'].shape == (VOCAB,)
   assert ember_state.col['lm_head']['kernel'].shape == (VOCAB,)
   assert ember_state.row['blocks']['value_embed']['embedding'].shape == (LAYERS, VOCAB)
@@ -139,8 +142,10 @@ def test_nnx_gpt_optimizer_routes_tables_and_trains(tie):
   model = _nnx_model(tie)
   optimizer = nnx.Optimizer(model, ember_optax.ember_adamw(1e-2), wrt=nnx.Param)
   labels = _flat(ember_optax.token_table_labels(nnx.state(model, nnx.Param)))
-  tables = {path.removesuffix('/value') for path, label in labels.items() if label == 'ember'}
-  expected = {'token_embed/embedding', 'pos_embed/embedding'}
+  tables = {
+      path.removesuffix('/value') for path, label in labels.items() if label == 'token_table'
+  }
+  expected = {'token_embed/embedding'}
   if not tie:
     expected.add('lm_head/kernel')
   assert tables == expected
@@ -157,7 +162,7 @@ def test_nnx_gpt_optimizer_routes_tables_and_trains(tie):
   for _ in range(30):
     loss = float(train_step(model, optimizer, tokens))
   assert loss < 0.5 * first
-  ember_state = optimizer.opt_state.inner_states['ember'].inner_state[0]
+  ember_state = optimizer.opt_state.inner_states['token_table'].inner_state[0]
   assert ember_state.row['token_embed']['embedding'].shape == (VOCAB,)
 
 
@@ -176,25 +181,27 @@ def test_ember_adamw_hyperparameters_reach_each_group():
 def test_custom_predicate_and_labels_override_detection():
   params = {'table': jnp.ones((10, 3)), 'w': jnp.ones((3, 3))}
   labels = ember_optax.token_table_labels(params, is_token_table=lambda path, _: path == 'w')
-  assert labels == {'table': 'adamw', 'w': 'ember'}
-  explicit = ember_optax.ember_adamw(1e-3, labels={'table': 'ember', 'w': 'adamw'})
+  assert labels == {'table': 'body', 'w': 'token_table'}
+  explicit = ember_optax.ember_adamw(1e-3, labels={'table': 'token_table', 'w': 'body'})
   state = explicit.init(params)
-  assert state.inner_states['ember'].inner_state[0].row['table'].shape == (10,)
+  assert state.inner_states['token_table'].inner_state[0].row['table'].shape == (10,)
 
 
 def test_no_table_found_says_what_to_pass():
   params = {'dense': {'kernel': jnp.ones((4, 4))}}
-  with pytest.raises(ValueError, match='found no token table.*vocab_size='):
+  with pytest.raises(ValueError, match='found no token table.*named like one.*vocab_size='):
     ember_optax.ember_adamw(1e-3).init(params)
+  with pytest.raises(ValueError, match=r'no leaf .* has an axis of vocab_size=50'):
+    ember_optax.ember_adamw(1e-3, vocab_size=50).init(params)
 
 
 def test_label_naming_no_transform_is_rejected_with_its_path():
   params = {'embed': {'embedding': jnp.ones((10, 3))}, 'w': jnp.ones((3, 3))}
   with pytest.raises(ValueError, match=r"'sgd' of parameter 'w' names no transform"):
-    ember_optax.ember_adamw(1e-3, labels={'embed': {'embedding': 'ember'}, 'w': 'sgd'})
+    ember_optax.ember_adamw(1e-3, labels={'embed': {'embedding': 'token_table'}, 'w': 'sgd'})
   with pytest.raises(ValueError, match=r"'sgd' of parameter 'w' names no transform"):
     ember_optax.ember_adamw(
-        1e-3, labels=lambda p: {'embed': {'embedding': 'ember'}, 'w': 'sgd'}
+        1e-3, labels=lambda p: {'embed': {'embedding': 'token_table'}, 'w': 'sgd'}
     ).init(params)
 
 

@@ -81,8 +81,8 @@ def test_ember_adamw_state_shardings_keep_masked_nodes():
   state = jax.eval_shape(optimizer.init, params)
   shardings = state_shardings(state, SPECS)
   assert jax.tree.structure(shardings) == jax.tree.structure(state)
-  ember_state = shardings.inner_states['ember'].inner_state[0]
-  adam_state = shardings.inner_states['adamw'].inner_state[0]
+  ember_state = shardings.inner_states['token_table'].inner_state[0]
+  adam_state = shardings.inner_states['body'].inner_state[0]
   assert ember_state.row['embed']['embedding'] == P('model')
   assert isinstance(ember_state.row['dense']['kernel'], optax.MaskedNode)
   assert adam_state.mu['dense']['kernel'] == P(None, 'model')
@@ -140,13 +140,13 @@ def test_linen_logical_axes_through_state_shardings():
   optimizer = ember_optax.ember_adamw(1e-2, vocab_size=V)
   state = jax.eval_shape(optimizer.init, nn.unbox(boxed))
   logical = state_shardings(state, logical_specs)
-  ember_state = logical.inner_states['ember'].inner_state[0]
+  ember_state = logical.inner_states['token_table'].inner_state[0]
   assert ember_state.row['Embed_0']['embedding'] == P('vocab')
   assert ember_state.col['Embed_0']['embedding'] == P('embed')
   mesh_shardings = nn.logical_to_mesh_sharding(logical, mesh, RULES)
-  row = mesh_shardings.inner_states['ember'].inner_state[0].row['Embed_0']['embedding']
+  row = mesh_shardings.inner_states['token_table'].inner_state[0].row['Embed_0']['embedding']
   assert row.spec == P('model')
-  adam = mesh_shardings.inner_states['adamw'].inner_state[0]
+  adam = mesh_shardings.inner_states['body'].inner_state[0]
   assert adam.mu['Dense_0']['kernel'].spec == P('data', 'model')
 
 
@@ -164,7 +164,7 @@ def test_linen_boxed_train_state_gets_statistic_partition_specs():
 
   abstract = jax.eval_shape(create, jax.random.key(0))
   specs = nn.get_partition_spec(abstract)
-  ember_specs = specs.opt_state.inner_states['ember'].inner_state[0]
+  ember_specs = specs.opt_state.inner_states['token_table'].inner_state[0]
   assert ember_specs.row['Embed_0']['embedding'] == P('vocab')
   assert ember_specs.col['Embed_0']['embedding'] == P('embed')
   assert ember_specs.scale['Embed_0']['embedding'] == P()
@@ -177,6 +177,6 @@ def test_linen_boxed_train_state_gets_statistic_partition_specs():
 
   step = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=shardings)
   state = step(step(state, tokens), tokens)
-  row = state.opt_state.inner_states['ember'].inner_state[0].row['Embed_0']['embedding']
+  row = state.opt_state.inner_states['token_table'].inner_state[0].row['Embed_0']['embedding']
   assert row.names == ('vocab',)
   assert row.value.shape == (V,)

@@ -4,7 +4,6 @@ Every check runs at construction or at ``init`` (never on traced values), so a
 bad configuration is reported before any parameter or state has been touched.
 """
 
-from collections.abc import Callable
 import numbers
 from typing import Any
 
@@ -36,6 +35,19 @@ def path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
 def path_str(path: tuple[Any, ...]) -> str:
   """Renders a pytree key path as ``a/b/0/c`` for error messages."""
   return '/'.join(path_names(path)) or '<root>'
+
+
+# Linen's top-level collection name, not part of any parameter's name.
+_COLLECTION_NAMES = frozenset({'params'})
+
+
+def param_path(path: tuple[Any, ...]) -> str:
+  """A parameter's name as ``a/b/c``, the form that predicates over paths receive.
+
+  Linen's ``params`` collection is dropped, so ``{'params': {'wte': ...}}``
+  and ``{'wte': ...}`` name their leaves alike.
+  """
+  return '/'.join(name for name in path_names(path) if name not in _COLLECTION_NAMES)
 
 
 def _concrete_number(value: Any) -> float | None:
@@ -73,6 +85,16 @@ def check_non_negative(name: str, value: Any) -> None:
     raise ValueError(f'{name}={value!r} must be a non-negative number.')
 
 
+def check_static_int(name: str, value: Any) -> None:
+  """Raises if ``value`` is known and not an integer (a traced one is let through)."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, bool) or not np.issubdtype(np.asarray(value).dtype, np.integer):
+    raise TypeError(f'{name}={value!r} must be an integer (an axis index).')
+  if np.ndim(value) != 0:
+    raise TypeError(f'{name}={value!r} must be a single integer.')
+
+
 def check_float_params(params: Any, who: str) -> None:
   """Raises ``TypeError`` naming the first leaf that is not floating point."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -105,5 +127,3 @@ def check_same_shapes(
           f'parameter shapes.'
       )
 
-
-LabelFn = Callable[[Any], Any]

@@ -89,13 +89,20 @@ def state_shardings(
 
   def ember_state(node: transform.ScaleByEmberState) -> transform.ScaleByEmberState:
     def stats(statistic: layout.Statistic) -> Any:
-      def one(sharding: Any, row: Any, col: Any) -> Any:
+      def one(sharding: Any, row: Any, col: Any, scale: Any) -> Any:
         if isinstance(row, optax.MaskedNode):
           return row
-        ndim = np.ndim(row) + (1 if np.ndim(col) > 0 else 0)
-        return finish(layout.statistic_sharding(sharding, ndim, statistic))
+        if np.ndim(col) == 0:  # A leaf of fewer than two dimensions.
+          return finish(layout.statistic_sharding(sharding, np.ndim(row), statistic))
+        shape = np.shape(row) + np.shape(col)[-1:]
+        # The axis init factored against the last one, told by the statistics' shapes; where
+        # several axes would fit (equal sizes), the default one.
+        row_axis = layout.row_axis_from_statistics(shape, np.shape(col), np.shape(scale))
+        return finish(layout.statistic_sharding(sharding, len(shape), statistic, row_axis))
 
-      return jax.tree.map(one, param_shardings, node.row, node.col, is_leaf=_is_sharding_leaf)
+      return jax.tree.map(
+          one, param_shardings, node.row, node.col, node.scale, is_leaf=_is_sharding_leaf
+      )
 
     return transform.ScaleByEmberState(
         count=replicated, row=stats('row'), col=stats('col'), scale=stats('scale')

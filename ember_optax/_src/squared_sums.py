@@ -12,6 +12,7 @@
   the gradient on its own and the step needs no temporary beyond the statistics.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -26,17 +27,17 @@ def statistics_dtype(dtype: Any) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _two_reductions(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _two_reductions(grad: jax.Array, row_axis: int = -2) -> tuple[jax.Array, jax.Array]:
   """Row and column sums of ``grad**2`` as two independent XLA reductions (GPU, TPU)."""
   g = grad.astype(statistics_dtype(grad.dtype))
   # Squaring through abs for the column sums keeps XLA from sharing one g*g
   # between both reductions, which would materialize a table-sized temporary.
   row_sums = jnp.sum(g * g, axis=-1)
-  col_sums = jnp.sum(jnp.abs(g) * jnp.abs(g), axis=-2)
+  col_sums = jnp.sum(jnp.abs(g) * jnp.abs(g), axis=row_axis)
   return row_sums, col_sums
 
 
-def _fenced_reductions(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _fenced_reductions(grad: jax.Array, row_axis: int = -2) -> tuple[jax.Array, jax.Array]:
   """Row, then column sums of ``grad**2``, each its own pass over the gradient (CPU)."""
   dtype = statistics_dtype(grad.dtype)
   # A gradient of its own: the update's conversion of it is not shared with these.
@@ -46,7 +47,7 @@ def _fenced_reductions(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
   # The column pass starts after the row pass and converts the gradient again.
   grad, row_sums = lax.optimization_barrier((grad, row_sums))
   g = grad.astype(dtype)
-  col_sums = jnp.sum(g * g, axis=-2)
+  col_sums = jnp.sum(g * g, axis=row_axis)
   # Keeps the caller's sum of the column sums from becoming a third pass over g*g.
   return lax.optimization_barrier((row_sums, col_sums))
 
@@ -55,17 +56,25 @@ def _single_cpu_device() -> bool:
   return jax.default_backend() == 'cpu' and jax.device_count() == 1
 
 
-def squared_sums(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Sums of ``grad**2`` over the last axis and over the second-to-last axis.
+def squared_sums(grad: jax.Array, row_axis: int = -2) -> tuple[jax.Array, jax.Array]:
+  """Sums of ``grad**2`` over the last axis and over the row axis.
 
   Args:
-    grad: an array of at least two dimensions; leading axes are independent
-      tables.
+    grad: an array of at least two dimensions; axes other than the row axis
+      and the last one index independent tables.
+    row_axis: the axis summed over for the column sums (the second-to-last by
+      default; a token axis further left for tables such as ``(V, L, P)``).
 
   Returns:
-    ``(row_sums, col_sums)`` of shapes ``grad.shape[:-1]`` and
-    ``grad.shape[:-2] + grad.shape[-1:]``, in the statistics dtype.
+    ``(row_sums, col_sums)`` of shapes ``grad.shape[:-1]`` and ``grad.shape``
+    without ``row_axis``, in the statistics dtype.
   """
+  if row_axis % grad.ndim != grad.ndim - 2:
+    # The kernel reads rows of the last two axes; other layouts take XLA's
+    # reductions, which read the gradient in place (no transposed copy).
+    fenced = functools.partial(_fenced_reductions, row_axis=row_axis)
+    two = functools.partial(_two_reductions, row_axis=row_axis)
+    return lax.platform_dependent(grad, cpu=fenced, default=two)
   if grad.size == 0:
     return _two_reductions(grad)
   # A custom call cannot be partitioned (XLA would gather a sharded table to run

@@ -1,14 +1,16 @@
 """Ember's factored second-moment scaling, ``scale_by_ember``."""
 
+from collections.abc import Callable
 import math
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from ember_optax._src import checks, layout
+from ember_optax._src import checks, layout, routing
 from ember_optax._src.squared_sums import squared_sums, statistics_dtype
 
 # Below this, the scalar statistic is treated as zero: it only guards the
@@ -40,9 +42,15 @@ def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
   return jnp.zeros_like(target)
 
 
+TokenAxis = int | Callable[[str, Any], int | None] | None
+
+
 def scale_by_ember(
     b2: float = 0.999,
     eps: float = 1e-8,
+    *,
+    vocab_size: int | None = None,
+    token_axis: TokenAxis = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Ember's factored second-moment estimate.
 
@@ -59,12 +67,17 @@ def scale_by_ember(
   The column statistic averages over every row, including rows whose gradient is
   zero at this step (tokens absent from the batch).
 
-  A leaf with more than two dimensions is factored over its last two axes; the
-  leading axes index independent tables (for instance per-layer tables stacked
-  by ``nn.scan``). A leaf with fewer than two dimensions (a bias or a scalar
-  routed to Ember) gets the same rule unfactored:
-  :math:`\hat v = v / (1-\beta_2^t)` with :math:`v` the elementwise EMA of
-  :math:`G^2`.
+  A leaf with more than two dimensions is factored over two axes, its *row
+  axis* and its last axis, and its other axes index independent tables. The
+  row axis is the token axis when that is known (from ``vocab_size`` or
+  ``token_axis``) and is not one of the last two, else the second-to-last
+  axis. So per-layer tables stacked by ``nn.scan``, ``(L, V, D)``, are ``L``
+  tables ``(V, D)``; and Gemma 4's per-layer token table ``(V, L, P)``, given
+  ``vocab_size=V``, is ``L`` tables ``(V, P)``: ``L (V + P + 1)`` statistics,
+  where the last two axes would need ``V (L + P + 1)``. A leaf with fewer than
+  two dimensions (a bias or a scalar routed to Ember) gets the same rule
+  unfactored: :math:`\hat v = v / (1-\beta_2^t)` with :math:`v` the
+  elementwise EMA of :math:`G^2`.
 
   Statistics are kept in float32 (float64 for float64 parameters) and updates
   are returned in the gradient's dtype. A ``(V, D)`` table costs ``V + D + 1``
@@ -73,6 +86,13 @@ def scale_by_ember(
   Args:
     b2: Decay rate of the exponential moving averages, in ``[0, 1)``.
     eps: Term added to the denominator outside the square root, ``>= 0``.
+    vocab_size: If given, a leaf's token axis is its axis of this size (one of
+      its last two if it has one there). Only tables of three or more
+      dimensions need it.
+    token_axis: The token axis instead: an int for every leaf, or a function
+      ``token_axis(path, leaf) -> int | None`` of the leaf's path
+      (``'a/b/c'``) and its parameter (at ``init``) or gradient (at
+      ``update``).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`; extra keyword arguments to
@@ -88,12 +108,39 @@ def scale_by_ember(
     ((1000,), (64,))
     >>> grads = {'embedding': jnp.full((1000, 64), 0.5)}
     >>> updates, state = tx.update(grads, state, params)
+    >>> per_layer = {'table': jnp.ones((1000, 4, 16))}  # (V, L, P)
+    >>> state = ember_optax.scale_by_ember(vocab_size=1000).init(per_layer)
+    >>> state.row['table'].shape, state.col['table'].shape, state.scale['table'].shape
+    ((1000, 4), (4, 16), (4,))
 
   References:
     *Token Geometry* (arXiv:2607.01455), the Ember optimizer for token tables.
   """
   checks.check_decay('b2', b2)
   checks.check_non_negative('eps', eps)
+  if token_axis is not None and not callable(token_axis):
+    checks.check_static_int('token_axis', token_axis)
+
+  def known_token_axis(path: tuple[Any, ...], leaf: Any) -> int | None:
+    if callable(token_axis):
+      return token_axis(checks.param_path(path), leaf)
+    if token_axis is not None:
+      return int(token_axis)
+    size = routing.static_vocab_size(vocab_size, 'scale_by_ember')
+    shape = np.shape(leaf)
+    if size is None or size in shape[-2:]:
+      return None
+    return shape.index(size) if size in shape else None
+
+  def row_axis_of(path: tuple[Any, ...], leaf: Any) -> int:
+    try:
+      return layout.row_axis(np.shape(leaf), known_token_axis(path, leaf))
+    except ValueError as error:
+      raise ValueError(f'scale_by_ember: parameter {checks.path_str(path)!r}: {error}') from None
+
+  def is_static() -> bool:
+    # Under optax.inject_hyperparams numbers arrive as arrays, traced under jit.
+    return not any(isinstance(x, jax.core.Tracer) for x in (vocab_size, token_axis))
 
   def init_fn(params: optax.Params) -> ScaleByEmberState:
     if not jax.tree.leaves(params):
@@ -104,27 +151,30 @@ def scale_by_ember(
       return ScaleByEmberState(jnp.zeros([], jnp.int32), stand_in, stand_in, stand_in)
     checks.check_float_params(params, 'scale_by_ember')
 
-    def init_row(param):
+    def init_row(param, row_axis):
       if param.ndim < 2:
         return jnp.zeros_like(param, dtype=statistics_dtype(param.dtype))
       return _zeros_reduced(param, -1)
 
-    def init_col(param):
+    def init_col(param, row_axis):
       if param.ndim < 2:
         return jnp.zeros((), statistics_dtype(param.dtype))
-      return _zeros_reduced(param, -2)
+      return _zeros_reduced(param, row_axis)
 
-    def init_scale(param):
+    def init_scale(param, row_axis):
       if param.ndim < 2:
         return jnp.zeros((), statistics_dtype(param.dtype))
-      return _zeros_reduced(param, (-2, -1))
+      return _zeros_reduced(param, (row_axis, param.ndim - 1))
+
+    def statistic(init, name):
+      # Flax boxes (linen Partitioned, nnx.Variable) get the axes each statistic keeps.
+      return layout.map_statistic(init, params, name, row_axis_of)
 
     return ScaleByEmberState(
         count=jnp.zeros([], jnp.int32),
-        # Flax boxes (linen Partitioned, nnx.Variable) get the axes each statistic keeps.
-        row=layout.map_statistic(init_row, params, 'row'),
-        col=layout.map_statistic(init_col, params, 'col'),
-        scale=layout.map_statistic(init_scale, params, 'scale'),
+        row=statistic(init_row, 'row'),
+        col=statistic(init_col, 'col'),
+        scale=statistic(init_scale, 'scale'),
     )
 
   def update_fn(
@@ -146,8 +196,31 @@ def scale_by_ember(
     count = optax.safe_increment(state.count)
 
     log_b2, one_minus_b2 = _decay_constants(b2)
+    static = is_static()
 
-    def update_leaf(grad, row, col, scale):
+    def leaf_row_axis(path, grad, col, scale):
+      if static:
+        axis = row_axis_of(path, grad)
+        expected = layout.reduced_shape(grad.shape, (axis,))
+        if col.shape != expected:
+          raise ValueError(
+              f'scale_by_ember: the column statistic of {checks.path_str(path)!r} has shape '
+              f'{col.shape}, but its token axis makes it {expected}. Pass the vocab_size and '
+              f'token_axis that init was built with.'
+          )
+        return axis
+      # The token axis is traced: the statistics' shapes tell which axis init chose.
+      axis = layout.row_axis_from_statistics(grad.shape, col.shape, scale.shape)
+      if axis is None:
+        raise ValueError(
+            f'scale_by_ember: the token axis of {checks.path_str(path)!r} {grad.shape} cannot '
+            f'be told from its statistics while vocab_size or token_axis is traced. Build the '
+            f"optimizer as optax.inject_hyperparams(..., static_args=('vocab_size', "
+            f"'token_axis'))."
+        )
+      return axis
+
+    def update_leaf(path, grad, row, col, scale):
       stat_dtype = row.dtype
       decay = jnp.asarray(b2, stat_dtype)
       rate = jnp.asarray(one_minus_b2, stat_dtype)
@@ -159,8 +232,9 @@ def scale_by_ember(
         update = g / (jnp.sqrt(row / bias_correction) + eps)
         return update.astype(grad.dtype), row, col, scale
 
-      n_rows, n_cols = grad.shape[-2:]
-      row_sums, col_sums = squared_sums(grad)
+      row_axis = leaf_row_axis(path, grad, col, scale)
+      n_rows, n_cols = grad.shape[row_axis], grad.shape[-1]
+      row_sums, col_sums = squared_sums(grad, row_axis)
       row = decay * row + rate * (row_sums / n_cols)
       col = decay * col + rate * (col_sums / n_rows)
       scale = decay * scale + rate * (jnp.sum(col_sums, axis=-1) / (n_rows * n_cols))
@@ -168,11 +242,13 @@ def scale_by_ember(
       # the elementwise pass is a single division with no V x D intermediate.
       row_rms = jnp.sqrt(row)
       col_rms = jnp.sqrt(col / (jnp.maximum(scale, MIN_SCALE) * bias_correction)[..., None])
-      denominator = row_rms[..., :, None] * col_rms[..., None, :] + eps
+      denominator = row_rms[..., None] * jnp.expand_dims(col_rms, row_axis) + eps
       update = grad.astype(stat_dtype) / denominator
       return update.astype(grad.dtype), row, col, scale
 
-    results = jax.tree.map(update_leaf, updates, state.row, state.col, state.scale)
+    results = jax.tree_util.tree_map_with_path(
+        update_leaf, updates, state.row, state.col, state.scale
+    )
     treedef = jax.tree.structure(updates)
     new_updates, row, col, scale = (
         jax.tree.unflatten(treedef, parts)
