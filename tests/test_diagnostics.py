@@ -264,10 +264,3 @@ def test_module_is_importable_as_attribute_path():
 
   assert module is diagnostics
   assert set(module.__all__) <= set(dir(module))
-
-
-def test_docstring_examples():
-  import doctest
-
-  result = doctest.testmod(diagnostics, optionflags=doctest.NORMALIZE_WHITESPACE)
-  assert result.attempted > 0 and result.failed == 0

@@ -71,33 +71,46 @@ TUNIX_QWEN3_TIED = {
 }
 TUNIX_QWEN3_UNTIED = {**TUNIX_QWEN3_TIED, 'lm_head/w': (D, V)}
 
-# LoRA (qwix, rank 4) on the attention, the MLP and the head; Tunix then optimizes these alone.
-TUNIX_QWEN3_LORA_ONLY = {
-    **{f'layers/{i}/attn/q_proj/w_lora_a': (D, 4) for i in range(L)},
-    **{f'layers/{i}/attn/q_proj/w_lora_b': (4, H, HD) for i in range(L)},
-    **{f'layers/{i}/mlp/up_proj/kernel_lora_a': (D, 4) for i in range(L)},
-    **{f'layers/{i}/mlp/up_proj/kernel_lora_b': (4, F) for i in range(L)},
-    'lm_head/w_lora_a': (D, 4),
-    'lm_head/w_lora_b': (4, V),
-}
+# LoRA (qwix, rank 4) on attention, MLP and head; Tunix then optimizes these nnx.LoRAParams alone.
+TUNIX_QWEN3_LORA_ONLY = {}
+for _i in range(L):
+  TUNIX_QWEN3_LORA_ONLY |= {
+      f'layers/{_i}/attn/q_proj/w_lora_a': (D, 4),
+      f'layers/{_i}/attn/q_proj/w_lora_b': (4, H, HD),
+      f'layers/{_i}/attn/k_proj/w_lora_a': (D, 4),
+      f'layers/{_i}/attn/k_proj/w_lora_b': (4, K, HD),
+      f'layers/{_i}/attn/o_proj/w_lora_a': (H, HD, 4),
+      f'layers/{_i}/attn/o_proj/w_lora_b': (4, D),
+      f'layers/{_i}/mlp/gate_proj/kernel_lora_a': (D, 4),
+      f'layers/{_i}/mlp/gate_proj/kernel_lora_b': (4, F),
+      f'layers/{_i}/mlp/down_proj/kernel_lora_a': (F, 4),
+      f'layers/{_i}/mlp/down_proj/kernel_lora_b': (4, D),
+  }
+TUNIX_QWEN3_LORA_ONLY |= {'lm_head/w_lora_a': (D, 4), 'lm_head/w_lora_b': (4, V)}
 
-VISION, PATCH, CHANNELS = 24, 4, 3
+VISION, PATCH, CHANNELS = 16, 14, 3
+SIGLIP = 'vision_encoder/siglip_encoder'
 TUNIX_GEMMA3_VISION = {
     'embedder/input_embedding': (V, D),
     'embedder/mm_input_projection/w': (VISION, D),
     'embedder/mm_soft_embedding_norm/scale': (VISION,),
-    'vision_encoder/siglip_encoder/embedding/kernel': (PATCH, PATCH, CHANNELS, VISION),
-    'vision_encoder/siglip_encoder/embedding/bias': (VISION,),
-    'vision_encoder/siglip_encoder/pos_embedding': (1, 16, VISION),
-    'vision_encoder/siglip_encoder/Transformer/encoderblock_0/LayerNorm_0/scale': (VISION,),
-    'vision_encoder/siglip_encoder/Transformer/encoderblock_0/MlpBlockViT_0/Dense_0/kernel': (
-        VISION, 2 * VISION),
-    'vision_encoder/siglip_encoder/Transformer/encoder_norm/scale': (VISION,),
+    f'{SIGLIP}/embedding/kernel': (PATCH, PATCH, CHANNELS, VISION),  # the patch convolution
+    f'{SIGLIP}/embedding/bias': (VISION,),
+    f'{SIGLIP}/pos_embedding': (1, 4, VISION),
+    **{f'{SIGLIP}/transformer/blocks/0/attn/{n}_proj/kernel': (VISION, VISION)
+       for n in ('query', 'key', 'value', 'out')},
+    **{f'{SIGLIP}/transformer/blocks/0/attn/{n}_proj/bias': (VISION,)
+       for n in ('query', 'key', 'value', 'out')},
+    f'{SIGLIP}/transformer/blocks/0/ln1/scale': (VISION,),
+    f'{SIGLIP}/transformer/blocks/0/mlp/fc1/kernel': (VISION, 2 * VISION),
+    f'{SIGLIP}/transformer/blocks/0/mlp/fc2/kernel': (2 * VISION, VISION),
+    f'{SIGLIP}/transformer/encoder_norm/scale': (VISION,),
     **{f'layers/{i}/attn/q_einsum/w': (H, D, HD) for i in range(L)},
     **{f'layers/{i}/attn/kv_einsum/w': (2, K, D, HD) for i in range(L)},
     **{f'layers/{i}/attn/attn_vec_einsum/w': (H, HD, D) for i in range(L)},
-    **{f'layers/{i}/mlp/gating_einsum': (2, F, D) for i in range(L)},
-    **{f'layers/{i}/mlp/linear': (F, D) for i in range(L)},
+    **{f'layers/{i}/attn/_query_norm/scale': (HD,) for i in range(L)},
+    **{f'layers/{i}/mlp/gate_proj/kernel': (D, F) for i in range(L)},
+    **{f'layers/{i}/mlp/down_proj/kernel': (F, D) for i in range(L)},
     **{f'layers/{i}/pre_attention_norm/scale': (D,) for i in range(L)},
     'final_norm/scale': (D,),
 }
@@ -135,12 +148,11 @@ MAXTEXT_TUNIX_ADAPTER = {  # TunixMaxTextAdapter keeps the model as `base`; no c
 }
 MAXTEXT_GEMMA3_VISION = {
     'params/token_embedder/embedding': (V, D),
-    'params/vision_encoder/Gemma3VisionEncoderLayer_0/embedding/kernel': (
-        PATCH, PATCH, CHANNELS, VISION),
-    'params/vision_encoder/Gemma3VisionEncoderLayer_0/embedding/bias': (VISION,),
-    'params/vision_encoder/Gemma3VisionEncoderLayer_0/pos_embedding': (1, 16, VISION),
-    'params/vision_encoder/VisionEmbedder_0/mm_soft_embedding_norm/scale': (VISION,),
-    'params/vision_encoder/VisionEmbedder_0/mm_input_projection/w': (VISION, D),
+    'params/vision_encoder/Gemma3VisionEncoderLayer_0/embedding/kernel': (14, 14, 3, 1152),
+    'params/vision_encoder/Gemma3VisionEncoderLayer_0/embedding/bias': (1152,),
+    'params/vision_encoder/Gemma3VisionEncoderLayer_0/pos_embedding': (1, 4096, 1152),
+    'params/vision_encoder/VisionEmbedder_0/mm_soft_embedding_norm/scale': (1152,),
+    'params/vision_encoder/VisionEmbedder_0/mm_input_projection/w': (1152, D),
     'params/decoder/layers/layers_0/self_attention/query/kernel': (D, 1, H, HD),
     'params/decoder/decoder_norm/scale': (D,),
 }

@@ -1,8 +1,8 @@
-"""Tables of more than two axes: the token axis, when known, keeps the statistics O(V + the rest)."""
+"""Tables of three or more axes: a known token axis keeps the statistics O(V + the rest)."""
 
 import jax
-from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import pytest
@@ -16,7 +16,8 @@ def _grads(shape, steps, seed=0):
   keys = jax.random.split(jax.random.PRNGKey(seed), steps)
   # Some rows absent at each step, as tokens missing from a batch.
   return [
-      jax.random.normal(k, shape) * (jax.random.uniform(k, shape[:1] + (1,) * (len(shape) - 1)) > 0.3)
+      jax.random.normal(k, shape)
+      * (jax.random.uniform(k, shape[:1] + (1,) * (len(shape) - 1)) > 0.3)
       for k in keys
   ]
 
@@ -52,8 +53,8 @@ def test_per_layer_table_is_layers_of_vocab_by_width_tables(how):
   assert state.scale['per_layer'].shape == (LAYERS,)
   assert _floats(state) == LAYERS * (VOCAB + PER_LAYER + 1) == 532
 
-  split = {f'layer{l}': params['per_layer'][:, l] for l in range(LAYERS)}
-  split_grads = [{f'layer{l}': g['per_layer'][:, l] for l in range(LAYERS)} for g in grads]
+  split = {f'layer{i}': params['per_layer'][:, i] for i in range(LAYERS)}
+  split_grads = [{f'layer{i}': g['per_layer'][:, i] for i in range(LAYERS)} for g in grads]
   want, _ = _run(ember_optax.scale_by_ember(), split, split_grads)
   for got_step, want_step in zip(updates, want, strict=True):
     for layer in range(LAYERS):

@@ -70,7 +70,7 @@ def state_shardings(
     >>> optimizer = ember_optax.ember_adamw(1e-3, vocab_size=512)
     >>> specs = {'embed': P('model', None), 'w': P(None, 'model')}
     >>> shardings = state_shardings(jax.eval_shape(optimizer.init, params), specs)
-    >>> shardings.inner_states['ember'].inner_state[0].row['embed']
+    >>> shardings.inner_states['token_table'].inner_state[0].row['embed']
     P('model',)
   """
   param_treedef = jax.tree.structure(param_shardings, is_leaf=_is_sharding_leaf)
