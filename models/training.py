@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import ember_optax
 from ember_optax.diagnostics import tree_bytes
 from models import data as data_lib
 from models.checkpoints import RunCheckpoints
@@ -82,7 +83,7 @@ def table_state_bytes(setup: str, plan: Plan, params) -> int:
   """Bytes of the state that ``setup``'s table transform keeps for the token tables alone."""
   labels = jax.tree.leaves(table_labels(params, plan.model))
   tables = [leaf for leaf, label in zip(jax.tree.leaves(params), labels, strict=True)
-            if label == "ember"]
+            if label == ember_optax.TABLE_LABEL]
   return tree_bytes(jax.eval_shape(table_transform(setup, plan).init, tables))
 
 

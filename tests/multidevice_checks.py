@@ -316,7 +316,7 @@ def check_nnx_optimizer():
     step(model, optimizer, jnp.arange(32, dtype=jnp.int32).reshape(4, 8))
   ember_state = optimizer.opt_state.inner_states['token_table'].inner_state[0]
   specs = nnx.get_partition_spec(nnx.state(optimizer))
-  spec_state = specs['opt_state']['inner_states']['ember']['inner_state'][0]
+  spec_state = specs['opt_state']['inner_states']['token_table']['inner_state'][0]
   return {
       'row': str(ember_state.row['embed']['embedding'][...].sharding.spec),
       'col': str(ember_state.col['embed']['embedding'][...].sharding.spec),

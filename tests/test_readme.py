@@ -1,4 +1,8 @@
-"""Every Python snippet in the README runs as written."""
+"""Every Python snippet in the README runs as written.
+
+Snippets fenced as ``py`` rather than ``python`` are fragments of other programs (a Tunix
+script, MaxText's source), shown for what to change there; they are not run here.
+"""
 
 import pathlib
 import re
