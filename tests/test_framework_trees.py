@@ -4,8 +4,8 @@ Each tree carries the paths and shapes that the framework's own models give (rea
 source, or printed from their classes at a tiny config): Tunix 0.1.7's Gemma 3 (with its SigLIP
 vision encoder), Gemma 4 (with per-layer inputs), Llama 3 and Qwen 3, tied and untied, and Qwen 3
 with LoRA; MaxText 0.2.5's linen decoder and the same under its Tunix adapter; Flax's lm1b
-example; a Hugging Face Flax-style GPT-J; an Equinox GPT. The tables must be found exactly, by
-vocabulary size and, on every tree, by name.
+example; Hugging Face Flax-style GPT-J, GPT-2, BERT and T5; an Equinox GPT. The tables must be
+found exactly, by vocabulary size and, on every tree, by name.
 """
 
 import dataclasses
@@ -185,6 +185,24 @@ HF_FLAX_GPT2 = {  # Tied, with learned positions.
     'transformer/ln_f/scale': (D,),
 }
 
+HF_FLAX_BERT = {  # Segment types and positions are Embed tables too, but not of tokens.
+    'bert/embeddings/word_embeddings/embedding': (V, D),
+    'bert/embeddings/position_embeddings/embedding': (POSITIONS, D),
+    'bert/embeddings/token_type_embeddings/embedding': (2, D),
+    'bert/embeddings/LayerNorm/scale': (D,),
+    **{f'bert/encoder/layer/{i}/attention/self/query/kernel': (D, D) for i in range(L)},
+    'cls/predictions/transform/dense/kernel': (D, D),
+    'cls/predictions/bias': (V,),
+}
+HF_FLAX_T5 = {  # T5 v1.1: untied head; relative-position buckets are an Embed per stack.
+    'shared/embedding': (V, D),
+    'encoder/block/0/layer/0/SelfAttention/q/kernel': (D, D),
+    'encoder/block/0/layer/0/SelfAttention/relative_attention_bias/embedding': (32, H),
+    'decoder/block/0/layer/0/SelfAttention/relative_attention_bias/embedding': (32, H),
+    'encoder/final_layer_norm/weight': (D,),
+    'lm_head/kernel': (D, V),
+}
+
 CASES = {
     'tunix_llama3_tied': (TUNIX_LLAMA3_TIED, {'embedder/input_embedding'}),
     'tunix_llama3_untied': (TUNIX_LLAMA3_UNTIED, {'embedder/input_embedding', 'lm_head/w'}),
@@ -207,6 +225,8 @@ CASES = {
     'flax_lm1b': (FLAX_LM1B, {'decoder/Embed_0/embedding', 'decoder/logitdense/kernel'}),
     'hf_flax_gptj': (HF_FLAX_GPTJ, {'transformer/wte/embedding', 'lm_head/kernel'}),
     'hf_flax_gpt2': (HF_FLAX_GPT2, {'transformer/wte/embedding'}),
+    'hf_flax_bert': (HF_FLAX_BERT, {'bert/embeddings/word_embeddings/embedding'}),
+    'hf_flax_t5': (HF_FLAX_T5, {'shared/embedding', 'lm_head/kernel'}),
 }
 
 

@@ -47,9 +47,10 @@ TOKEN_TABLE_NAMES = frozenset({
 _GENERIC_TABLE_NAMES = frozenset({'embedding', 'embeddings', 'embed', 'embedder'})
 _TABLE_LEAF_NAMES = frozenset({'embedding', 'embeddings', 'weight'})
 
-# Tables of positions, not tokens (GPT-2's ``wpe``, MaxText's learned positions,
-# ViT's and lm1b's ``pos_embedding``), whatever the names around them.
-_POSITION_TABLE_NAMES = frozenset({
+# Tables of positions or of other small index sets, not tokens (GPT-2's ``wpe``,
+# MaxText's learned positions, ViT's and lm1b's ``pos_embedding``, BERT's segment
+# types, T5's relative-position buckets), whatever the names around them.
+_NON_TOKEN_TABLE_NAMES = frozenset({
     'wpe',
     'pos_embed',
     'pos_emb',
@@ -63,6 +64,9 @@ _POSITION_TABLE_NAMES = frozenset({
     'embed_positions',
     'posembed_input',
     'posembed_output',
+    'token_type_embeddings',
+    'segment_embeddings',
+    'relative_attention_bias',
 })
 
 TokenTablePredicate = Callable[[str, Any], bool]
@@ -73,9 +77,9 @@ def is_adapter(path: str) -> bool:
   return any('lora' in segment.lower() for segment in path.split('/'))
 
 
-def is_position_table(path: str) -> bool:
-  """Whether ``path`` (``a/b/c``) names a table of positions rather than tokens."""
-  return any(segment in _POSITION_TABLE_NAMES for segment in path.split('/'))
+def is_non_token_table(path: str) -> bool:
+  """Whether ``path`` (``a/b/c``) names a table of positions (or segment types), not tokens."""
+  return any(segment in _NON_TOKEN_TABLE_NAMES for segment in path.split('/'))
 
 
 def is_token_table_by_name(path: str, leaf: Any) -> bool:
@@ -85,9 +89,9 @@ def is_token_table_by_name(path: str, leaf: Any) -> bool:
   ``embedding``, ``embeddings``, ``embed`` or ``embedder``; or its module is so
   named and the leaf is that module's table (``embedding``, ``embeddings`` or
   Equinox's ``weight``). Leaves of fewer than two dimensions, adapters and
-  position tables never are.
+  tables of positions or segment types never are.
   """
-  if np.ndim(leaf) < 2 or is_adapter(path) or is_position_table(path):
+  if np.ndim(leaf) < 2 or is_adapter(path) or is_non_token_table(path):
     return False
   *modules, name = path.split('/')
   parent = modules[-1] if modules else None
@@ -100,7 +104,7 @@ def is_token_table_by_name(path: str, leaf: Any) -> bool:
 
 def is_token_table_by_size(path: str, leaf: Any, vocab_size: int) -> bool:
   """Whether ``leaf`` has an axis of ``vocab_size``, and is neither an adapter nor positions."""
-  if np.ndim(leaf) < 2 or is_adapter(path) or is_position_table(path):
+  if np.ndim(leaf) < 2 or is_adapter(path) or is_non_token_table(path):
     return False
   return vocab_size in np.shape(leaf)
 
@@ -146,8 +150,9 @@ def token_table_labels(
 
   Either way, leaves of fewer than two dimensions (biases, norms), low-rank
   adapters (any path segment containing ``lora``: LoRA factors of a head are
-  not tables) and tables of positions (``wpe``, ``pos_embed``,
-  ``position_embedder``, ...) are never token tables.
+  not tables) and tables of positions or segment types (``wpe``,
+  ``pos_embed``, ``position_embedder``, ``token_type_embeddings``, T5's
+  ``relative_attention_bias``, ...) are never token tables.
 
   Args:
     params: Parameters: a dict, linen ``params`` (boxed or not), an
