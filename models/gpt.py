@@ -180,8 +180,8 @@ def token_table_paths(config: GPTConfig) -> frozenset[str]:
 def is_token_table(config: GPTConfig) -> Callable[[str, object], bool]:
   """The predicate for ``ember_optax``'s ``is_token_table=``: this model's own token tables.
 
-  The model knows its tables, so routing never depends on a detection heuristic (which would
-  also take the learned-position ``Embed`` table); the tests check that detection agrees.
+  The model knows its tables, so routing never depends on detection; the tests check that
+  detection (by name and by ``vocab_size``) agrees.
   """
   tables = token_table_paths(config)
   return lambda path, leaf: path in tables
