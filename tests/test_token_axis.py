@@ -101,6 +101,12 @@ def test_token_axis_out_of_range_names_the_parameter():
     ember_optax.scale_by_ember(token_axis=0.5)
 
 
+@pytest.mark.parametrize('bad', [0, -3, 2.5, True])
+def test_a_bad_vocab_size_is_refused_at_construction(bad):
+  with pytest.raises(ValueError, match=f'vocab_size={bad!r} must be a positive integer'):
+    ember_optax.ember_adamw(1e-3, vocab_size=bad)
+
+
 def test_state_shardings_follow_the_token_axis():
   params = {'per_layer': jnp.zeros((VOCAB, LAYERS, PER_LAYER))}
   state = jax.eval_shape(ember_optax.scale_by_ember(vocab_size=VOCAB).init, params)

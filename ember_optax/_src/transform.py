@@ -120,6 +120,8 @@ def scale_by_ember(
   checks.check_non_negative('eps', eps)
   if token_axis is not None and not callable(token_axis):
     checks.check_static_int('token_axis', token_axis)
+  if not isinstance(vocab_size, jax.core.Tracer):
+    routing.static_vocab_size(vocab_size, 'scale_by_ember')  # Checked now, not at init.
 
   def known_token_axis(path: tuple[Any, ...], leaf: Any) -> int | None:
     if callable(token_axis):
