@@ -18,6 +18,7 @@ from flax import nnx  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 import qwix  # noqa: E402
 from tunix.cli import config as tunix_config  # noqa: E402
+from tunix.models.gemma4 import model as gemma4_lib  # noqa: E402
 from tunix.models.qwen3 import model as qwen3_lib  # noqa: E402
 from tunix.rl import rl_cluster as rl_cluster_lib  # noqa: E402
 from tunix.rl.grpo import grpo_learner  # noqa: E402
@@ -30,13 +31,25 @@ import ember_optax  # noqa: E402
 pytestmark = pytest.mark.slow
 
 V, D, STEPS, BATCH, LENGTH = 257, 32, 20, 4, 16
+LAYERS, PER_LAYER = 2, 8
 
 
 def _qwen3(seed=0, tied=False):
   config = qwen3_lib.ModelConfig(
-      num_layers=2, vocab_size=V, embed_dim=D, hidden_dim=64, num_heads=4, head_dim=8,
+      num_layers=LAYERS, vocab_size=V, embed_dim=D, hidden_dim=64, num_heads=4, head_dim=8,
       num_kv_heads=2, rope_theta=10_000, norm_eps=1e-6, use_tied_embedding=tied)
-  model = qwen3_lib.Qwen3(config, rngs=nnx.Rngs(seed))
+  return _draw_zero_matrices(qwen3_lib.Qwen3(config, rngs=nnx.Rngs(seed)), seed)
+
+
+def _gemma4(seed=0):
+  config = gemma4_lib.ModelConfig(
+      num_layers=LAYERS, num_embed=V, embed_dim=D, hidden_dim=64, num_heads=4, head_dim=8,
+      num_kv_heads=2, sliding_window_size=16, per_layer_input_dim=PER_LAYER,
+      global_key_size=16)
+  return _draw_zero_matrices(gemma4_lib.Gemma4(config, rngs=nnx.Rngs(seed)), seed)
+
+
+def _draw_zero_matrices(model, seed):
   # Tunix initializes the MLP kernels to zeros (a checkpoint overwrites them). Gate, up and down
   # all zero get zero gradients forever, so a model trained from its random init needs them
   # drawn: the same draw for the same seed.
@@ -148,6 +161,19 @@ def test_full_parameter_sft_trains_and_resumes_bitwise(tmp_path):
   adamw.train(data)
   print(f'Tunix SFT, {STEPS} steps: ember_adamw {losses[0]:.3f} -> {losses[-1]:.3f}, '
         f'adamw -> {_losses(adamw)[-1]:.3f}')
+
+
+def test_gemma4_per_layer_table_is_factored_per_layer(tmp_path):
+  trainer = _trainer(_gemma4(), ember_optax.ember_adamw(3e-3, vocab_size=V),
+                     str(tmp_path / 'gemma4'), STEPS)
+  trainer.train(_batches())
+  # (V, L, P) as L tables (V, P), and the projections inside the embedder stay with AdamW.
+  assert _table_floats(_ember_state(trainer)) == {
+      'embedder/input_embedding': V + D + 1,
+      'embedder/per_layer_input_embedding': LAYERS * (V + PER_LAYER + 1),
+  }
+  losses = _losses(trainer)
+  assert losses[-1] < losses[0], losses
 
 
 def test_lora_body_with_trainable_tables(tmp_path):
