@@ -4,10 +4,10 @@ from ember_optax import diagnostics
 from ember_optax._src.alias import ember, ember_adamw, ember_partition
 from ember_optax._src.cpu_kernel import CpuKernelStatus, cpu_kernel_status, use_cpu_kernel
 from ember_optax._src.routing import (
-    BODY_LABEL,
-    TABLE_LABEL,
-    TOKEN_TABLE_NAMES,
-    token_table_labels,
+  BODY_LABEL,
+  TABLE_LABEL,
+  TOKEN_TABLE_NAMES,
+  token_table_labels,
 )
 from ember_optax._src.sharding import state_shardings
 from ember_optax._src.transform import ScaleByEmberState, scale_by_ember
@@ -15,18 +15,18 @@ from ember_optax._src.transform import ScaleByEmberState, scale_by_ember
 __version__ = '0.1.0'
 
 __all__ = (
-    'BODY_LABEL',
-    'CpuKernelStatus',
-    'ScaleByEmberState',
-    'TABLE_LABEL',
-    'TOKEN_TABLE_NAMES',
-    'cpu_kernel_status',
-    'diagnostics',
-    'ember',
-    'ember_adamw',
-    'ember_partition',
-    'scale_by_ember',
-    'state_shardings',
-    'token_table_labels',
-    'use_cpu_kernel',
+  'BODY_LABEL',
+  'CpuKernelStatus',
+  'ScaleByEmberState',
+  'TABLE_LABEL',
+  'TOKEN_TABLE_NAMES',
+  'cpu_kernel_status',
+  'diagnostics',
+  'ember',
+  'ember_adamw',
+  'ember_partition',
+  'scale_by_ember',
+  'state_shardings',
+  'token_table_labels',
+  'use_cpu_kernel',
 )

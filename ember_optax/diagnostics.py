@@ -33,15 +33,15 @@ import optax
 from ember_optax._src import checks
 
 __all__ = (
-    'effective_rank',
-    'group_sizes',
-    'relative_to_median',
-    'row_rms',
-    'row_step_ratios',
-    'state_bytes_by_group',
-    'trajectory_principal_share',
-    'trajectory_straightness',
-    'tree_bytes',
+  'effective_rank',
+  'group_sizes',
+  'relative_to_median',
+  'row_rms',
+  'row_step_ratios',
+  'state_bytes_by_group',
+  'trajectory_principal_share',
+  'trajectory_straightness',
+  'tree_bytes',
 )
 
 # Name of the group that holds state leaves not tied to any labelled parameter
@@ -82,9 +82,9 @@ def row_rms(update: jax.Array, token_axis: int = 0) -> jax.Array:
 
 @_jit_with_axis
 def row_step_ratios(
-    update: jax.Array,
-    token_axis: int = 0,
-    where: jax.Array | None = None,
+  update: jax.Array,
+  token_axis: int = 0,
+  where: jax.Array | None = None,
 ) -> jax.Array:
   """Each row's RMS step divided by the median row's RMS step.
 
@@ -160,9 +160,7 @@ def _trajectory_points(snapshots: jax.Array, token_axis: int) -> jax.Array:
   if x.ndim == 2:  # A single token's path, (T, D).
     return x[None]
   if x.ndim != 3:
-    raise ValueError(
-        f'snapshots must have shape (T, D) or (T, V, D) / (T, D, V), got {x.shape}.'
-    )
+    raise ValueError(f'snapshots must have shape (T, D) or (T, V, D) / (T, D, V), got {x.shape}.')
   # Move the token axis of each snapshot first and time second.
   return jnp.moveaxis(x, (1 + token_axis % 2, 0), (0, 1))
 
@@ -390,15 +388,15 @@ def state_bytes_by_group(state: Any, labels: Any | None = None) -> dict[str, int
     groups[OTHER] = groups.get(OTHER, 0) + tree_bytes(node)
 
   stops = jax.tree.leaves(
-      state, is_leaf=lambda node: _is_partition_state(node) or mirrors_params(node)
+    state, is_leaf=lambda node: _is_partition_state(node) or mirrors_params(node)
   )
   for node in stops:
     visit(node)
   if labels is None and not found_partition:
     raise ValueError(
-        'state_bytes_by_group found no optax.partition state. Pass labels= (a pytree of '
-        'group names with the structure of the params, e.g. '
-        'ember_optax.token_table_labels(params)) to split a state that mirrors the params.'
+      'state_bytes_by_group found no optax.partition state. Pass labels= (a pytree of '
+      'group names with the structure of the params, e.g. '
+      'ember_optax.token_table_labels(params)) to split a state that mirrors the params.'
     )
   if not groups.get(OTHER):
     groups.pop(OTHER, None)

@@ -14,8 +14,9 @@ import math
 MAX_BATCH = 1 << 16
 
 
-def largest_fitting_batch(memory_at: Callable[[int], int], budget: int,
-                          known: dict[int, int]) -> int:
+def largest_fitting_batch(
+  memory_at: Callable[[int], int], budget: int, known: dict[int, int]
+) -> int:
   """The largest batch whose step needs at most ``budget`` bytes; 0 if batch 1 does not fit.
 
   A step's memory is close to affine in the batch, so each guess is the batch at which a line

@@ -39,17 +39,17 @@ from models import cli, reporting
 from models import train as train_lib
 from models.config import ConfigError, TrainConfig, resolve
 
-PROG = "python -m models.bench_quality"
+PROG = 'python -m models.bench_quality'
 # The grid of the README's run; the benchmark extends it wherever a best lands on its edge.
 DEFAULT_LRS = (2e-3, 4e-3, 8e-3)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-SWEEPS = {"lr": "lr", "table-lr": "table_lr"}  # --sweep value -> the run's swept field.
+SWEEPS = {'lr': 'lr', 'table-lr': 'table_lr'}  # --sweep value -> the run's swept field.
 
 
 def run_benchmark(
   config: TrainConfig,
   lrs: Sequence[float] = DEFAULT_LRS,
-  sweep: str = "lr",
+  sweep: str = 'lr',
   extend: int = 2,
   verbose: bool = True,
 ) -> dict:
@@ -68,66 +68,74 @@ def run_benchmark(
     ``"total_time_s"``.
   """
   if sweep not in SWEEPS:
-    raise ConfigError(f"--sweep must be one of {list(SWEEPS)}, got {sweep!r}")
-  if not lrs or any(not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0)
-                    for lr in lrs):
-    raise ConfigError(f"--lrs must be positive, finite learning rates, got {list(lrs)}")
+    raise ConfigError(f'--sweep must be one of {list(SWEEPS)}, got {sweep!r}')
+  if not lrs or any(not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0) for lr in lrs):
+    raise ConfigError(f'--lrs must be positive, finite learning rates, got {list(lrs)}')
   if len(set(lrs)) != len(lrs):
-    raise ConfigError(f"--lrs must not repeat a learning rate, got {list(lrs)}")
+    raise ConfigError(f'--lrs must not repeat a learning rate, got {list(lrs)}')
   if extend < 0:
-    raise ConfigError(f"--extend must be >= 0, got {extend}")
+    raise ConfigError(f'--extend must be >= 0, got {extend}')
   plan = resolve(config)
   log: Callable[..., None] = print if verbose else (lambda *a, **k: None)
   corpus = train_lib.load_corpus(plan, verbose)
   started = time.perf_counter()
   runs = []
   for setup in plan.config.setups:
-    grid, done, extensions = sorted(float(lr) for lr in lrs), set(), {"low": 0, "high": 0}
+    grid, done, extensions = sorted(float(lr) for lr in lrs), set(), {'low': 0, 'high': 0}
     while True:
       for lr in grid:
         if lr not in done:
           runs.extend(_run_point(config, setup, lr, sweep, corpus))
           done.add(lr)
-          point = reporting.summarize([r for r in runs if r["setup"] == setup
-                                       and r[SWEEPS[sweep]] == lr])[setup]["final_val_loss"]
-          log(f"[bench] {setup} at {sweep} {lr:g}: final val loss "
-              f"{reporting.format_loss(point)}", flush=True)
-      by_lr = {lr: _mean_loss([r for r in runs if r["setup"] == setup
-                               and r[SWEEPS[sweep]] == lr]) for lr in grid}
+          point = reporting.summarize(
+            [r for r in runs if r['setup'] == setup and r[SWEEPS[sweep]] == lr]
+          )[setup]['final_val_loss']
+          log(
+            f'[bench] {setup} at {sweep} {lr:g}: final val loss {reporting.format_loss(point)}',
+            flush=True,
+          )
+      by_lr = {
+        lr: _mean_loss([r for r in runs if r['setup'] == setup and r[SWEEPS[sweep]] == lr])
+        for lr in grid
+      }
       best = min(by_lr, key=by_lr.get)
-      if len(grid) > 1 and best == grid[0] and extensions["low"] < extend:
+      if len(grid) > 1 and best == grid[0] and extensions['low'] < extend:
         grid.insert(0, grid[0] ** 2 / grid[1])
-        extensions["low"] += 1
-      elif len(grid) > 1 and best == grid[-1] and extensions["high"] < extend:
+        extensions['low'] += 1
+      elif len(grid) > 1 and best == grid[-1] and extensions['high'] < extend:
         grid.append(grid[-1] ** 2 / grid[-2])
-        extensions["high"] += 1
+        extensions['high'] += 1
       else:
         break
   results = summarize_benchmark(
-    {**dataclasses.asdict(plan.config), "sweep": sweep},
-    {**plan.training_settings(), "sweep": sweep}, runs)
-  results["data"] = {k: v for k, v in corpus.info.items() if k != "val_file_list"}
-  results["environment"] = reporting.environment(corpus.cache_dir)
-  results["total_time_s"] = time.perf_counter() - started
+    {**dataclasses.asdict(plan.config), 'sweep': sweep},
+    {**plan.training_settings(), 'sweep': sweep},
+    runs,
+  )
+  results['data'] = {k: v for k, v in corpus.info.items() if k != 'val_file_list'}
+  results['environment'] = reporting.environment(corpus.cache_dir)
+  results['total_time_s'] = time.perf_counter() - started
   report(results, Path(plan.config.out) if plan.config.out else None, verbose=verbose)
   return results
 
 
 def _run_point(config: TrainConfig, setup: str, lr: float, sweep: str, corpus) -> list[dict]:
   """Every seed of ``setup`` at one learning rate of the sweep."""
-  rates = {"lr_for": {}, "table_lr": None, "table_lr_for": {}}
-  rates["lr_for" if sweep == "lr" else "table_lr_for"] = {setup: lr}
+  rates = {'lr_for': {}, 'table_lr': None, 'table_lr_for': {}}
+  rates['lr_for' if sweep == 'lr' else 'table_lr_for'] = {setup: lr}
   checkpoint_dir = config.checkpoint_dir and str(
-    Path(config.checkpoint_dir) / f"{setup}-{sweep}{lr:g}")
+    Path(config.checkpoint_dir) / f'{setup}-{sweep}{lr:g}'
+  )
   point = dataclasses.replace(
-    config, setups=(setup,), out=None, checkpoint_dir=checkpoint_dir, **rates)
-  return train_lib.run(point, corpus=corpus, verbose=False)["runs"]
+    config, setups=(setup,), out=None, checkpoint_dir=checkpoint_dir, **rates
+  )
+  return train_lib.run(point, corpus=corpus, verbose=False)['runs']
 
 
 def _mean_loss(runs: Sequence[dict]) -> float:
   """Mean final validation loss, with a diverged grid point (NaN) ranked last."""
-  loss = float(np.mean([r["final_val_loss"] for r in runs]))
-  return float("inf") if np.isnan(loss) else loss
+  loss = float(np.mean([r['final_val_loss'] for r in runs]))
+  return float('inf') if np.isnan(loss) else loss
 
 
 def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
@@ -147,34 +155,40 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
     best learning rates (``reporting.paired_differences``), and ``lr_rule`` Ember's best
     learning rate over AdamW's.
   """
-  key = SWEEPS[settings["sweep"]]
-  setups = list(dict.fromkeys(r["setup"] for r in runs))
+  key = SWEEPS[settings['sweep']]
+  setups = list(dict.fromkeys(r['setup'] for r in runs))
   grid, best, at_best = {}, {}, {}
   for setup in setups:
-    lrs = sorted({r[key] for r in runs if r["setup"] == setup})
-    grid[setup] = {lr: reporting.summarize(
-      [r for r in runs if r["setup"] == setup and r[key] == lr])[setup] for lr in lrs}
-    best_lr = min(lrs, key=lambda lr: _mean_loss(
-      [r for r in runs if r["setup"] == setup and r[key] == lr]))
-    best[setup] = {**grid[setup][best_lr], "best_lr": best_lr,
-                   "lr_on_grid_edge": len(lrs) > 1 and best_lr in (lrs[0], lrs[-1])}
-    at_best[setup] = [r for r in runs if r["setup"] == setup and r[key] == best_lr]
+    lrs = sorted({r[key] for r in runs if r['setup'] == setup})
+    grid[setup] = {
+      lr: reporting.summarize([r for r in runs if r['setup'] == setup and r[key] == lr])[setup]
+      for lr in lrs
+    }
+    best_lr = min(
+      lrs, key=lambda lr: _mean_loss([r for r in runs if r['setup'] == setup and r[key] == lr])
+    )
+    best[setup] = {
+      **grid[setup][best_lr],
+      'best_lr': best_lr,
+      'lr_on_grid_edge': len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
+    }
+    at_best[setup] = [r for r in runs if r['setup'] == setup and r[key] == best_lr]
   paired = reporting.paired_differences(at_best)
   lr_rule = None
-  if "ember" in best and "adamw" in best:
-    lr_rule = best["ember"]["best_lr"] / best["adamw"]["best_lr"]
+  if 'ember' in best and 'adamw' in best:
+    lr_rule = best['ember']['best_lr'] / best['adamw']['best_lr']
   return {
-    "config": config,
-    "settings": settings,
-    "sweep": settings["sweep"],
-    "grid": {s: {str(lr): v for lr, v in g.items()} for s, g in grid.items()},
-    "best": best,
-    "paired": paired,
-    "lr_rule": lr_rule,
-    "runs": runs,
-    "grid_table": format_grid(grid, key),
-    "table": format_best(best, key),
-    "paired_table": reporting.format_paired(paired),
+    'config': config,
+    'settings': settings,
+    'sweep': settings['sweep'],
+    'grid': {s: {str(lr): v for lr, v in g.items()} for s, g in grid.items()},
+    'best': best,
+    'paired': paired,
+    'lr_rule': lr_rule,
+    'runs': runs,
+    'grid_table': format_grid(grid, key),
+    'table': format_best(best, key),
+    'paired_table': reporting.format_paired(paired),
   }
 
 
@@ -187,62 +201,81 @@ def format_grid(grid: dict, key: str) -> str:
     cells = []
     for lr in lrs:
       if lr not in by_lr:
-        cells.append("")
+        cells.append('')
         continue
-      cell = reporting.format_loss(by_lr[lr]["final_val_loss"])
-      cells.append(f"**{cell}**" if lr == best_lr else cell)
+      cell = reporting.format_loss(by_lr[lr]['final_val_loss'])
+      cells.append(f'**{cell}**' if lr == best_lr else cell)
     rows.append([setup, *cells])
-  name = "lr" if key == "lr" else "table lr"
-  return reporting.markdown_table(["setup"] + [f"{name} {lr:g}" for lr in lrs], rows)
+  name = 'lr' if key == 'lr' else 'table lr'
+  return reporting.markdown_table(['setup'] + [f'{name} {lr:g}' for lr in lrs], rows)
 
 
 def _loss_or_inf(summary: dict) -> float:
-  loss = summary["final_val_loss"]["mean"]
-  return float("inf") if np.isnan(loss) else loss
+  loss = summary['final_val_loss']['mean']
+  return float('inf') if np.isnan(loss) else loss
 
 
 def format_best(best: dict, key: str) -> str:
   """Markdown table: each setup at its own best learning rate, mean ± std over seeds."""
-  header = ("setup", "best lr (body / tables)", "seeds", "final val loss", "rare-token val loss",
-            "opt. state, tables", "opt. state, model")
-  return reporting.markdown_table(header, (
-    (setup, f"{s['lr']:g} / {s['table_lr']:g}" + (" (grid edge)" if s["lr_on_grid_edge"] else ""),
-     str(len(s["seeds"])), reporting.format_loss(s["final_val_loss"]),
-     reporting.format_loss(s["rare_val_loss"]), reporting.format_bytes(s["table_state_bytes"]),
-     reporting.format_bytes(s["model_state_bytes"]))
-    for setup, s in best.items()
-  ))
+  header = (
+    'setup',
+    'best lr (body / tables)',
+    'seeds',
+    'final val loss',
+    'rare-token val loss',
+    'opt. state, tables',
+    'opt. state, model',
+  )
+  return reporting.markdown_table(
+    header,
+    (
+      (
+        setup,
+        f'{s["lr"]:g} / {s["table_lr"]:g}' + (' (grid edge)' if s['lr_on_grid_edge'] else ''),
+        str(len(s['seeds'])),
+        reporting.format_loss(s['final_val_loss']),
+        reporting.format_loss(s['rare_val_loss']),
+        reporting.format_bytes(s['table_state_bytes']),
+        reporting.format_bytes(s['model_state_bytes']),
+      )
+      for setup, s in best.items()
+    ),
+  )
 
 
 def report(results: dict, out_dir: Path | None, verbose: bool = True) -> None:
   """Prints the tables and writes ``bench.json``, ``bench.md`` and ``loss_curves.png``."""
-  tables = "\n\n".join(
-    results[key] for key in ("grid_table", "table", "paired_table") if results[key])
-  if results.get("lr_rule"):
-    tables += (f"\n\nEmber's best learning rate is {results['lr_rule']:.3g}x AdamW's "
-               f"(sweep: {results['sweep']}).")
+  tables = '\n\n'.join(
+    results[key] for key in ('grid_table', 'table', 'paired_table') if results[key]
+  )
+  if results.get('lr_rule'):
+    tables += (
+      f"\n\nEmber's best learning rate is {results['lr_rule']:.3g}x AdamW's "
+      f'(sweep: {results["sweep"]}).'
+    )
   if verbose:
-    print("\n" + tables)
-    if "total_time_s" in results:
-      print(f"\n[bench] {len(results['runs'])} runs in {results['total_time_s']:.0f} s")
+    print('\n' + tables)
+    if 'total_time_s' in results:
+      print(f'\n[bench] {len(results["runs"])} runs in {results["total_time_s"]:.0f} s')
   if out_dir is None:
     return
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
-  (out_dir / "bench.md").write_text(tables + "\n")
-  best = results["best"]
-  key = SWEEPS[results["sweep"]]
+  (out_dir / 'bench.json').write_text(json.dumps(results, indent=1))
+  (out_dir / 'bench.md').write_text(tables + '\n')
+  best = results['best']
+  key = SWEEPS[results['sweep']]
   reporting.plot_curves(
-    [r for r in results["runs"] if r[key] == best[r["setup"]]["best_lr"]],
-    out_dir / "loss_curves.png",
-    title=f"GPT {results['config']['preset']}, each setup at its best learning rate",
+    [r for r in results['runs'] if r[key] == best[r['setup']]['best_lr']],
+    out_dir / 'loss_curves.png',
+    title=f'GPT {results["config"]["preset"]}, each setup at its best learning rate',
   )
   if verbose:
-    print(f"[bench] wrote {out_dir / 'bench.json'}, bench.md and loss_curves.png")
+    print(f'[bench] wrote {out_dir / "bench.json"}, bench.md and loss_curves.png')
 
 
-def summarize_saved(paths: Sequence[Path], out_dir: str | Path | None = None,
-                    verbose: bool = True) -> dict:
+def summarize_saved(
+  paths: Sequence[Path], out_dir: str | Path | None = None, verbose: bool = True
+) -> dict:
   """The benchmark's results from the runs of saved ``bench.json`` files, merged.
 
   Raises:
@@ -250,19 +283,20 @@ def summarize_saved(paths: Sequence[Path], out_dir: str | Path | None = None,
       with different settings.
   """
   saved = [json.loads(Path(path).read_text()) for path in paths]
-  runs = [r for result in saved for r in result["runs"]]
-  keys = {(r["setup"], r["seed"], r["lr"], r["table_lr"]) for r in runs}
+  runs = [r for result in saved for r in result['runs']]
+  keys = {(r['setup'], r['seed'], r['lr'], r['table_lr']) for r in runs}
   if len(keys) != len(runs):
-    raise ConfigError(f"{[str(p) for p in paths]}: a (setup, seed, learning rate) run repeats")
-  settings = saved[0]["settings"]
+    raise ConfigError(f'{[str(p) for p in paths]}: a (setup, seed, learning rate) run repeats')
+  settings = saved[0]['settings']
   for path, result in zip(paths[1:], saved[1:], strict=True):
-    other = result["settings"]
+    other = result['settings']
     if other != settings:
-      differing = sorted(k for k in settings.keys() | other.keys()
-                         if settings.get(k) != other.get(k))
+      differing = sorted(
+        k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k)
+      )
       raise ConfigError(f"{path}: its runs differ from {paths[0]}'s in {differing}; not merged")
-  results = {**saved[0], **summarize_benchmark(saved[0]["config"], settings, runs)}
-  results["total_time_s"] = sum(result.get("total_time_s", 0.0) for result in saved)
+  results = {**saved[0], **summarize_benchmark(saved[0]['config'], settings, runs)}
+  results['total_time_s'] = sum(result.get('total_time_s', 0.0) for result in saved)
   report(results, Path(out_dir) if out_dir else None, verbose=verbose)
   return results
 
@@ -270,21 +304,39 @@ def summarize_saved(paths: Sequence[Path], out_dir: str | Path | None = None,
 def build_parser() -> cli.Parser:
   parser = cli.Parser(
     prog=PROG,
-    description="Learning-rate sweep x seeds for each optimizer setup; each setup is reported "
-    "at its own best learning rate, and Ember is compared with each other setup seed by seed.",
+    description='Learning-rate sweep x seeds for each optimizer setup; each setup is reported '
+    'at its own best learning rate, and Ember is compared with each other setup seed by seed.',
   )
-  cli.add_config_arguments(parser, skip=("lr_for", "table_lr", "table_lr_for"))
-  parser.add_argument("--lrs", nargs="+", type=float, default=list(DEFAULT_LRS),
-                      help="the starting grid of peak learning rates (default: %(default)s)")
-  parser.add_argument("--sweep", choices=tuple(SWEEPS), default="lr",
-                      help="lr: each setup's peak learning rate, body and tables alike; "
-                      "table-lr: the tables' alone, the body at --lr (default: %(default)s)")
-  parser.add_argument("--extend", type=int, default=2,
-                      help="how many times a grid may grow on each side to bracket a setup's "
-                      "best (default: %(default)s)")
-  parser.add_argument("--summarize", type=Path, nargs="+", metavar="BENCH_JSON",
-                      help="train nothing: recompute the tables from the runs of saved "
-                      "bench.json files, merging several (default: train)")
+  cli.add_config_arguments(parser, skip=('lr_for', 'table_lr', 'table_lr_for'))
+  parser.add_argument(
+    '--lrs',
+    nargs='+',
+    type=float,
+    default=list(DEFAULT_LRS),
+    help='the starting grid of peak learning rates (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--sweep',
+    choices=tuple(SWEEPS),
+    default='lr',
+    help="lr: each setup's peak learning rate, body and tables alike; "
+    "table-lr: the tables' alone, the body at --lr (default: %(default)s)",
+  )
+  parser.add_argument(
+    '--extend',
+    type=int,
+    default=2,
+    help="how many times a grid may grow on each side to bracket a setup's "
+    'best (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--summarize',
+    type=Path,
+    nargs='+',
+    metavar='BENCH_JSON',
+    help='train nothing: recompute the tables from the runs of saved '
+    'bench.json files, merging several (default: train)',
+  )
   parser.set_defaults(seeds=list(DEFAULT_SEEDS))
   return parser
 
@@ -296,16 +348,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.summarize:
       return summarize_saved(args.summarize, args.out)
     config = cli.config_from_args(args)
-    if args.sweep == "lr" and args.lr is not None:
-      raise ConfigError("--sweep lr sets every learning rate itself: drop --lr, or use "
-                        "--sweep table-lr to keep the body at --lr")
+    if args.sweep == 'lr' and args.lr is not None:
+      raise ConfigError(
+        '--sweep lr sets every learning rate itself: drop --lr, or use '
+        '--sweep table-lr to keep the body at --lr'
+      )
     if config.out is None:
-      stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-      config = dataclasses.replace(config, out=str(Path("out", "bench_quality", stamp)))
+      stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+      config = dataclasses.replace(config, out=str(Path('out', 'bench_quality', stamp)))
     return run_benchmark(config, lrs=args.lrs, sweep=args.sweep, extend=args.extend)
 
   return cli.run_command(PROG, benchmark)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

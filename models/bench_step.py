@@ -49,23 +49,23 @@ RATIOS = ('ember/adamw', 'ember/adafactor', 'ember/sgd', 'ember_xla/adamw', 'emb
 
 # HBM bandwidth (bytes/s) of accelerators we report against.
 PEAK_BANDWIDTH = {
-    'NVIDIA H100 80GB HBM3': 3.35e12,
-    'NVIDIA H100': 3.35e12,
-    'NVIDIA H200': 4.8e12,
-    'NVIDIA A100-SXM4-80GB': 2.04e12,
-    'NVIDIA A100-SXM4-40GB': 1.56e12,
-    'TPU v4': 1.2e12,
-    'TPU v5e': 8.2e11,
-    'TPU v5p': 2.76e12,
+  'NVIDIA H100 80GB HBM3': 3.35e12,
+  'NVIDIA H100': 3.35e12,
+  'NVIDIA H200': 4.8e12,
+  'NVIDIA A100-SXM4-80GB': 2.04e12,
+  'NVIDIA A100-SXM4-40GB': 1.56e12,
+  'TPU v4': 1.2e12,
+  'TPU v5e': 8.2e11,
+  'TPU v5p': 2.76e12,
 }
 
 
 def optimizers() -> dict[str, optax.GradientTransformation]:
   return {
-      'ember': ember_optax.ember(LEARNING_RATE),
-      'adamw': optax.adamw(LEARNING_RATE),
-      'adafactor': optax.adafactor(LEARNING_RATE),
-      'sgd': optax.sgd(LEARNING_RATE),
+    'ember': ember_optax.ember(LEARNING_RATE),
+    'adamw': optax.adamw(LEARNING_RATE),
+    'adafactor': optax.adafactor(LEARNING_RATE),
+    'sgd': optax.sgd(LEARNING_RATE),
   }
 
 
@@ -98,7 +98,7 @@ def compile_kernel_off(optimizer: optax.GradientTransformation, params, grads) -
 
 
 def bench_table(
-    shape: tuple[int, ...], dtype: str, rounds: int, kernel_off: bool
+  shape: tuple[int, ...], dtype: str, rounds: int, kernel_off: bool
 ) -> list[Measurement]:
   """Median step times of each optimizer (and of Ember without its kernel if ``kernel_off``)."""
   key_params, key_grads = jax.random.split(jax.random.PRNGKey(0))
@@ -106,18 +106,21 @@ def bench_table(
   grads = jax.random.normal(key_grads, shape).astype(dtype)
   setups = {name: (optimizer, compile_step) for name, optimizer in optimizers().items()}
   if kernel_off:
-    setups = {'ember': setups.pop('ember'),
-              'ember_xla': (ember_optax.ember(LEARNING_RATE), compile_kernel_off), **setups}
+    setups = {
+      'ember': setups.pop('ember'),
+      'ember_xla': (ember_optax.ember(LEARNING_RATE), compile_kernel_off),
+      **setups,
+    }
   runs = {}
   for name, (optimizer, compile_fn) in setups.items():
     step = compile_fn(optimizer, params, grads)
     state = optimizer.init(params)
     runs[name] = {
-        'step': step,
-        'carry': (params.copy(), state),
-        'state_bytes': tree_bytes(state),
-        'temp_bytes': int(step.memory_analysis().temp_size_in_bytes),
-        'times': [],
+      'step': step,
+      'carry': (params.copy(), state),
+      'state_bytes': tree_bytes(state),
+      'temp_bytes': int(step.memory_analysis().temp_size_in_bytes),
+      'times': [],
     }
   for round_index in range(rounds + 2):  # Two warm-up rounds, not recorded.
     for run in runs.values():
@@ -126,8 +129,8 @@ def bench_table(
       if round_index >= 2:
         run['times'].append(time.perf_counter() - start)
   measurements = [
-      Measurement(name, 1e3 * float(np.median(run['times'])), run['state_bytes'], run['temp_bytes'])
-      for name, run in runs.items()
+    Measurement(name, 1e3 * float(np.median(run['times'])), run['state_bytes'], run['temp_bytes'])
+    for name, run in runs.items()
   ]
   for run in runs.values():
     run['carry'] = None
@@ -141,7 +144,7 @@ def bench_train_step(preset: str, rounds: int) -> dict[str, float]:
   settings = PRESETS[preset]
   config = dataclasses.replace(settings.model, vocab_size=settings.vocab_size)
   tokens = jax.random.randint(
-      jax.random.PRNGKey(0), (settings.batch_size, settings.seq_len + 1), 0, config.vocab_size
+    jax.random.PRNGKey(0), (settings.batch_size, settings.seq_len + 1), 0, config.vocab_size
   )
 
   def loss_fn(model, tokens):
@@ -155,8 +158,8 @@ def bench_train_step(preset: str, rounds: int) -> dict[str, float]:
     return loss
 
   setups = {
-      'adamw': optax.adamw(LEARNING_RATE),
-      'ember_adamw': ember_optax.ember_adamw(LEARNING_RATE, vocab_size=config.vocab_size),
+    'adamw': optax.adamw(LEARNING_RATE),
+    'ember_adamw': ember_optax.ember_adamw(LEARNING_RATE, vocab_size=config.vocab_size),
   }
   runs = {}
   for name, tx in setups.items():
@@ -183,16 +186,17 @@ def summary_table(tables: Sequence[dict]) -> str:
   names = [m['optimizer'] for m in tables[0]['measurements']] if tables else []
   ratios = [r for r in RATIOS if tables and r in tables[0]['ratios']]
   temps = [n for n in ('ember', 'ember_xla') if n in names]
-  header = (['table', 'dtype'] + [f'{n} ms' for n in names] + ratios
-            + [f'{n} temp / table' for n in temps])
+  header = (
+    ['table', 'dtype'] + [f'{n} ms' for n in names] + ratios + [f'{n} temp / table' for n in temps]
+  )
   rows = []
   for entry in tables:
     by_name = {m['optimizer']: m for m in entry['measurements']}
     rows.append(
-        ['×'.join(map(str, entry['shape'])), entry['dtype']]
-        + [f"{by_name[n]['median_ms']:.1f}" for n in names]
-        + [f"{entry['ratios'][r]:.2f}" for r in ratios]
-        + [f"{by_name[n]['temp_bytes'] / entry['table_bytes']:.3f}" for n in temps]
+      ['×'.join(map(str, entry['shape'])), entry['dtype']]
+      + [f'{by_name[n]["median_ms"]:.1f}' for n in names]
+      + [f'{entry["ratios"][r]:.2f}' for r in ratios]
+      + [f'{by_name[n]["temp_bytes"] / entry["table_bytes"]:.3f}' for n in temps]
     )
   return markdown_table(header, rows)
 
@@ -211,8 +215,8 @@ def _shape(text: str) -> tuple[int, ...]:
     shape = ()
   if len(shape) < 2 or min(shape) < 1:
     raise argparse.ArgumentTypeError(
-        f'{text!r} is not a table shape: give positive sizes joined by x, such as 32768x512 '
-        '(leading sizes stack tables: 4x16384x256)'
+      f'{text!r} is not a table shape: give positive sizes joined by x, such as 32768x512 '
+      '(leading sizes stack tables: 4x16384x256)'
     )
   return shape
 
@@ -225,19 +229,40 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = _Parser(
-      prog='python -m models.bench_step', description=__doc__.splitlines()[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    prog='python -m models.bench_step',
+    description=__doc__.splitlines()[0],
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
-  parser.add_argument('--shapes', nargs='+', type=_shape, default=list(DEFAULT_SHAPES),
-                      metavar='VxD', help='table shapes (leading sizes stack tables)')
-  parser.add_argument('--dtypes', nargs='+', choices=DTYPES, default=list(DEFAULT_DTYPES),
-                      help='table and gradient dtypes')
-  parser.add_argument('--rounds', type=_positive, default=10,
-                      help='timed steps per optimizer, after two untimed ones')
-  parser.add_argument('--train-preset', choices=[*PRESETS, ''], default='small',
-                      help="GPT preset for the whole-train-step comparison ('' to skip it)")
-  parser.add_argument('--out', type=pathlib.Path, default=None,
-                      help='folder to write bench_step.json into; none: not written')
+  parser.add_argument(
+    '--shapes',
+    nargs='+',
+    type=_shape,
+    default=list(DEFAULT_SHAPES),
+    metavar='VxD',
+    help='table shapes (leading sizes stack tables)',
+  )
+  parser.add_argument(
+    '--dtypes',
+    nargs='+',
+    choices=DTYPES,
+    default=list(DEFAULT_DTYPES),
+    help='table and gradient dtypes',
+  )
+  parser.add_argument(
+    '--rounds', type=_positive, default=10, help='timed steps per optimizer, after two untimed ones'
+  )
+  parser.add_argument(
+    '--train-preset',
+    choices=[*PRESETS, ''],
+    default='small',
+    help="GPT preset for the whole-train-step comparison ('' to skip it)",
+  )
+  parser.add_argument(
+    '--out',
+    type=pathlib.Path,
+    default=None,
+    help='folder to write bench_step.json into; none: not written',
+  )
   args = parser.parse_args(argv)
   # Defaults are strings, which argparse does not convert.
   args.shapes = [_shape(s) if isinstance(s, str) else s for s in args.shapes]
@@ -253,12 +278,18 @@ def main(argv: list[str] | None = None) -> dict:
   kernel = ember_optax.cpu_kernel_status()
   # Ember without its kernel is a row of its own only where the kernel is in use.
   kernel_off = kernel.available and jax.default_backend() == 'cpu' and jax.device_count() == 1
-  results = {'device': device_description(), 'jax': jax.__version__,
-             'cpu_kernel': kernel._asdict(), 'tables': []}
-  print(f"{results['device']}, jax {jax.__version__}")
+  results = {
+    'device': device_description(),
+    'jax': jax.__version__,
+    'cpu_kernel': kernel._asdict(),
+    'tables': [],
+  }
+  print(f'{results["device"]}, jax {jax.__version__}')
   print(f'CPU kernel: {kernel.reason}')
-  header = (f"{'table':>12} {'dtype':>8} {'optimizer':>9} {'median ms':>9} {'state MB':>9} "
-            f"{'temp MB':>8} {'temp/table':>10} {'GB/s':>6}")
+  header = (
+    f'{"table":>12} {"dtype":>8} {"optimizer":>9} {"median ms":>9} {"state MB":>9} '
+    f'{"temp MB":>8} {"temp/table":>10} {"GB/s":>6}'
+  )
   print(header)
   for shape in args.shapes:
     shape_text = 'x'.join(map(str, shape))
@@ -268,9 +299,11 @@ def main(argv: list[str] | None = None) -> dict:
       by_name = {m.optimizer: m for m in measurements}
       for m in measurements:
         bandwidth = TABLE_ACCESSES[m.optimizer] * table_bytes / (m.median_ms * 1e-3)
-        print(f'{shape_text:>12} {dtype:>8} {m.optimizer:>9} {m.median_ms:9.2f} '
-              f'{m.state_bytes / 2**20:9.2f} {m.temp_bytes / 2**20:8.2f} '
-              f'{m.temp_bytes / table_bytes:10.3f} {bandwidth / 1e9:6.1f}')
+        print(
+          f'{shape_text:>12} {dtype:>8} {m.optimizer:>9} {m.median_ms:9.2f} '
+          f'{m.state_bytes / 2**20:9.2f} {m.temp_bytes / 2**20:8.2f} '
+          f'{m.temp_bytes / table_bytes:10.3f} {bandwidth / 1e9:6.1f}'
+        )
       ratios = {}
       for ratio in RATIOS:
         numerator, denominator = ratio.split('/')
@@ -278,25 +311,37 @@ def main(argv: list[str] | None = None) -> dict:
           ratios[ratio] = by_name[numerator].median_ms / by_name[denominator].median_ms
       ember_ms = by_name['ember'].median_ms
       entry = {
-          'shape': list(shape), 'dtype': dtype, 'table_bytes': table_bytes,
-          'measurements': [dataclasses.asdict(m) for m in measurements], 'ratios': ratios,
-          'ember_bandwidth_bytes_per_s': TABLE_ACCESSES['ember'] * table_bytes / (ember_ms * 1e-3),
+        'shape': list(shape),
+        'dtype': dtype,
+        'table_bytes': table_bytes,
+        'measurements': [dataclasses.asdict(m) for m in measurements],
+        'ratios': ratios,
+        'ember_bandwidth_bytes_per_s': TABLE_ACCESSES['ember'] * table_bytes / (ember_ms * 1e-3),
       }
       if peak:
         entry['ember_bandwidth_fraction_of_peak'] = entry['ember_bandwidth_bytes_per_s'] / peak
       results['tables'].append(entry)
-      print(' ' * 22 + '  '.join(f'{k} {v:.2f}' for k, v in ratios.items())
-            + (f"  ember at {entry['ember_bandwidth_fraction_of_peak']:.0%} of peak HBM"
-               if peak else ''))
+      print(
+        ' ' * 22
+        + '  '.join(f'{k} {v:.2f}' for k, v in ratios.items())
+        + (
+          f'  ember at {entry["ember_bandwidth_fraction_of_peak"]:.0%} of peak HBM' if peak else ''
+        )
+      )
   print()
   print(summary_table(results['tables']))
   if args.train_preset:
     train = bench_train_step(args.train_preset, args.rounds)
-    results['train_step'] = {'preset': args.train_preset, 'median_ms': train,
-                             'ratio': train['ember_adamw'] / train['adamw']}
-    print(f"\nwhole GPT train step ({args.train_preset}): adamw {train['adamw']:.1f} ms, "
-          f"ember_adamw {train['ember_adamw']:.1f} ms, "
-          f"ratio {results['train_step']['ratio']:.2f}")
+    results['train_step'] = {
+      'preset': args.train_preset,
+      'median_ms': train,
+      'ratio': train['ember_adamw'] / train['adamw'],
+    }
+    print(
+      f'\nwhole GPT train step ({args.train_preset}): adamw {train["adamw"]:.1f} ms, '
+      f'ember_adamw {train["ember_adamw"]:.1f} ms, '
+      f'ratio {results["train_step"]["ratio"]:.2f}'
+    )
   if args.out:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / 'bench_step.json').write_text(json.dumps(results, indent=1))

@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 
 from models.config import ConfigError
 
-SETTINGS_FILE = "settings.json"
-RESULT_FILE = "result.json"
+SETTINGS_FILE = 'settings.json'
+RESULT_FILE = 'result.json'
 
 
 def open_folder(directory: str | os.PathLike, settings: dict) -> Path:
@@ -37,13 +37,15 @@ def open_folder(directory: str | os.PathLike, settings: dict) -> Path:
   if path.exists():
     saved = json.loads(path.read_text())
     if saved != settings:
-      differing = sorted(k for k in saved.keys() | settings.keys()
-                         if saved.get(k) != settings.get(k))
+      differing = sorted(
+        k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k)
+      )
       raise ConfigError(
-        f"--checkpoint-dir {directory} holds runs with other settings ({', '.join(differing)}); "
-        "resume with the same settings, or use another folder")
+        f'--checkpoint-dir {directory} holds runs with other settings ({", ".join(differing)}); '
+        'resume with the same settings, or use another folder'
+      )
   else:
-    tmp = path.with_name(f"{SETTINGS_FILE}.{os.getpid()}.tmp")
+    tmp = path.with_name(f'{SETTINGS_FILE}.{os.getpid()}.tmp')
     tmp.write_text(json.dumps(settings, indent=1))
     tmp.replace(path)
   return root
@@ -64,7 +66,8 @@ class RunCheckpoints:
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, enable_async_checkpointing=False),
+        max_to_keep=1, create=True, enable_async_checkpointing=False
+      ),
     )
 
   def finished_result(self) -> dict | None:
@@ -85,7 +88,8 @@ class RunCheckpoints:
     restored = self._manager.restore(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
+        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+      ),
     )
     return restored.state, restored.progress
 
@@ -96,13 +100,14 @@ class RunCheckpoints:
     self._manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
+      ),
     )
 
   def finish(self, result: dict) -> None:
     """Records the run's results; the run is skipped when the comparison is resumed."""
     path = self.directory / RESULT_FILE
-    tmp = path.with_name(f"{RESULT_FILE}.{os.getpid()}.tmp")
+    tmp = path.with_name(f'{RESULT_FILE}.{os.getpid()}.tmp')
     tmp.write_text(json.dumps(result))
     tmp.replace(path)
     self._manager.close()

@@ -33,29 +33,32 @@ class ChildProcess:
     prefix: put before every line the child writes to stderr.
   """
 
-  def __init__(self, function: str, kwargs: dict, env: dict[str, str] | None = None,
-               prefix: str = ""):
+  def __init__(
+    self, function: str, kwargs: dict, env: dict[str, str] | None = None, prefix: str = ''
+  ):
     self.function = function
     self.process = subprocess.Popen(
-      [sys.executable, "-m", __name__],
-      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      [sys.executable, '-m', __name__],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
       env={**os.environ, **(env or {})},
     )
-    self.process.stdin.write(json.dumps({"function": function, "kwargs": kwargs}))
+    self.process.stdin.write(json.dumps({'function': function, 'kwargs': kwargs}))
     self.process.stdin.close()
-    self.last_error_line = "see its traceback above"
+    self.last_error_line = 'see its traceback above'
     self.stdout: list[str] = []
     self.readers = [
       threading.Thread(target=self._echo, args=(prefix,), daemon=True),
-      threading.Thread(target=lambda: self.stdout.append(self.process.stdout.read()),
-                       daemon=True),
+      threading.Thread(target=lambda: self.stdout.append(self.process.stdout.read()), daemon=True),
     ]
     for reader in self.readers:
       reader.start()
 
   def _echo(self, prefix: str) -> None:
     for line in self.process.stderr:
-      if re.match(r"^[\w.]+(Error|Exception)\b", line):
+      if re.match(r'^[\w.]+(Error|Exception)\b', line):
         self.last_error_line = line.strip()
       sys.stderr.write(prefix + line)
 
@@ -68,9 +71,9 @@ class ChildProcess:
     for reader in self.readers:
       reader.join()
     if self.process.returncode:
-      name = self.function.rpartition(":")[2]
-      raise RuntimeError(f"{name} failed in its subprocess: {self.last_error_line}")
-    return json.loads("".join(self.stdout).strip().splitlines()[-1])
+      name = self.function.rpartition(':')[2]
+      raise RuntimeError(f'{name} failed in its subprocess: {self.last_error_line}')
+    return json.loads(''.join(self.stdout).strip().splitlines()[-1])
 
 
 def run_children(starts: Sequence[Callable[[], ChildProcess]], jobs: int) -> list[Any]:
@@ -94,10 +97,10 @@ def run_children(starts: Sequence[Callable[[], ChildProcess]], jobs: int) -> lis
 def _main() -> None:
   """Entry point of a :class:`ChildProcess`: the request on stdin, the result on stdout."""
   request = json.loads(sys.stdin.read())
-  module, _, name = request["function"].partition(":")
+  module, _, name = request['function'].partition(':')
   function = getattr(importlib.import_module(module), name)
-  print(json.dumps(function(**request["kwargs"])))
+  print(json.dumps(function(**request['kwargs'])))
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   _main()

@@ -26,22 +26,22 @@ class Parser(argparse.ArgumentParser):
   """An ``ArgumentParser`` whose errors are one line on stderr (exit status 2)."""
 
   def error(self, message: str) -> NoReturn:
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
 def _setup_value(text: str) -> tuple[str, float]:
-  name, sep, value = text.partition("=")
+  name, sep, value = text.partition('=')
   try:
     if not sep:
       raise ValueError
     return name, float(value)
   except ValueError:
-    message = f"expects SETUP=LR, such as ember=3e-3, got {text!r}"
+    message = f'expects SETUP=LR, such as ember=3e-3, got {text!r}'
     raise argparse.ArgumentTypeError(message) from None
 
 
 def _with_default(help_text: str) -> str:
-  return help_text if "default" in help_text else f"{help_text} (default: %(default)s)"
+  return help_text if 'default' in help_text else f'{help_text} (default: %(default)s)'
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
@@ -51,23 +51,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = 
     if field.name in skip:
       continue
     meta = dict(field.metadata)
-    help_text = meta.pop("help")
+    help_text = meta.pop('help')
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     hint = hints[field.name]
-    kwargs: dict[str, Any] = {"default": default, **meta}
+    kwargs: dict[str, Any] = {'default': default, **meta}
     if hint is bool:
-      kwargs |= {"action": argparse.BooleanOptionalAction}
+      kwargs |= {'action': argparse.BooleanOptionalAction}
     elif typing.get_origin(hint) is dict:
-      kwargs |= {"nargs": "+", "type": _setup_value}
+      kwargs |= {'nargs': '+', 'type': _setup_value}
     elif typing.get_origin(hint) is tuple:
       item = typing.get_args(hint)[0]
-      kwargs |= {"nargs": "+", "type": item}
+      kwargs |= {'nargs': '+', 'type': item}
     else:
       scalar = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-      kwargs |= {"type": scalar}
+      kwargs |= {'type': scalar}
     action = parser.add_argument(flag(field.name), **kwargs)
     # Some Pythons' BooleanOptionalAction add the default to the help themselves.
-    action.help = help_text if "default" in (action.help or "") else _with_default(help_text)
+    action.help = help_text if 'default' in (action.help or '') else _with_default(help_text)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
@@ -90,9 +90,8 @@ def run_command(prog: str, main: Callable[[], Any]) -> Any:
   try:
     return main()
   except USER_ERRORS as error:
-    print(f"{prog}: error: {error}", file=sys.stderr)
+    print(f'{prog}: error: {error}', file=sys.stderr)
     raise SystemExit(2) from None
   except KeyboardInterrupt:
-    print(f"{prog}: interrupted (with --checkpoint-dir, the same command resumes)",
-          file=sys.stderr)
+    print(f'{prog}: interrupted (with --checkpoint-dir, the same command resumes)', file=sys.stderr)
     raise SystemExit(130) from None

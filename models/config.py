@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 def option(default: Any, help: str, **cli: Any) -> Any:  # noqa: A002 (argparse's name)
   """A ``TrainConfig`` field with its command-line help (and argparse extras, e.g. ``choices``)."""
   if isinstance(default, dict):
-    return dataclasses.field(default_factory=lambda: dict(default), metadata={"help": help, **cli})
-  return dataclasses.field(default=default, metadata={"help": help, **cli})
+    return dataclasses.field(default_factory=lambda: dict(default), metadata={'help': help, **cli})
+  return dataclasses.field(default=default, metadata={'help': help, **cli})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,59 +43,84 @@ class TrainConfig:
   """
 
   preset: str = option(
-    "small", "model size with its training settings: tiny (seconds, for tests), small (minutes on "
-    "a CPU), medium and large (for a GPU/TPU)", choices=tuple(PRESETS))
+    'small',
+    'model size with its training settings: tiny (seconds, for tests), small (minutes on '
+    'a CPU), medium and large (for a GPU/TPU)',
+    choices=tuple(PRESETS),
+  )
   setups: tuple[str, ...] = option(
-    SETUPS, "optimizer setups to compare; all differ only on the token tables", choices=SETUPS)
+    SETUPS, 'optimizer setups to compare; all differ only on the token tables', choices=SETUPS
+  )
   seeds: tuple[int, ...] = option(
-    (0,), "seeds; each one sets the initialization and the batch order")
+    (0,), 'seeds; each one sets the initialization and the batch order'
+  )
   steps: int | None = option(None, "optimizer steps per run (default: the preset's)")
   batch_size: int | None = option(None, "sequences per step (default: the preset's)")
   seq_len: int | None = option(None, "tokens per sequence (default: the preset's)")
   lr: float | None = option(
-    None, "peak learning rate of every group of every setup (default: each setup's tuned rate "
-    "from the preset)")
+    None,
+    "peak learning rate of every group of every setup (default: each setup's tuned rate "
+    'from the preset)',
+  )
   table_lr: float | None = option(
-    None, "peak learning rate of the token tables of every setup (default: the body's)")
+    None, "peak learning rate of the token tables of every setup (default: the body's)"
+  )
   lr_for: dict[str, float] = option(
-    {}, "peak learning rate per setup, e.g. --lr-for adamw=1e-3 ember=3e-3", metavar="SETUP=LR")
+    {}, 'peak learning rate per setup, e.g. --lr-for adamw=1e-3 ember=3e-3', metavar='SETUP=LR'
+  )
   table_lr_for: dict[str, float] = option(
-    {}, "peak learning rate of the token tables per setup", metavar="SETUP=LR")
+    {}, 'peak learning rate of the token tables per setup', metavar='SETUP=LR'
+  )
   b1: float = option(0.9, "AdamW's first-moment decay")
-  b2: float = option(0.999, "second-moment decay of AdamW and Ember")
-  eps: float = option(1e-8, "epsilon of AdamW and Ember")
-  weight_decay: float = option(0.0, "decoupled weight decay of every setup and group")
+  b2: float = option(0.999, 'second-moment decay of AdamW and Ember')
+  eps: float = option(1e-8, 'epsilon of AdamW and Ember')
+  weight_decay: float = option(0.0, 'decoupled weight decay of every setup and group')
   clip_norm: float = option(
-    1.0, "clip every setup's gradient to this global norm before its optimizer; 0 turns "
-    "clipping off")
+    1.0,
+    "clip every setup's gradient to this global norm before its optimizer; 0 turns clipping off",
+  )
   unigram_bias: bool = option(
-    True, "initialize the LM head's bias to the training set's log unigram frequencies "
-    "(--no-unigram-bias: zeros)")
+    True,
+    "initialize the LM head's bias to the training set's log unigram frequencies "
+    '(--no-unigram-bias: zeros)',
+  )
   warmup_steps: int | None = option(
-    None, "linear warm-up steps (default: the preset's; at most steps - 1)")
+    None, "linear warm-up steps (default: the preset's; at most steps - 1)"
+  )
   eval_every: int | None = option(
-    None, "steps between validation points of the loss curve (default: the preset's)")
+    None, "steps between validation points of the loss curve (default: the preset's)"
+  )
   eval_batches: int | None = option(
-    None, "validation batches of the final evaluation; curve points use an evenly spread "
-    "eighth of them (default: the preset's)")
+    None,
+    'validation batches of the final evaluation; curve points use an evenly spread '
+    "eighth of them (default: the preset's)",
+  )
   vocab_size: int | None = option(None, "BPE vocabulary size (default: the preset's)")
-  tie_embeddings: bool = option(False, "use the token embedding as the LM head")
+  tie_embeddings: bool = option(False, 'use the token embedding as the LM head')
   text: str | None = option(
-    None, "a text file or folder to train on (default: the Python standard library's code)")
+    None, "a text file or folder to train on (default: the Python standard library's code)"
+  )
   val_fraction: float = option(
-    data_lib.DEFAULT_VAL_FRACTION, "share of the corpus's files held out for validation")
+    data_lib.DEFAULT_VAL_FRACTION, "share of the corpus's files held out for validation"
+  )
   tokenizer_train_chars: int = option(
-    data_lib.DEFAULT_TOKENIZER_TRAIN_CHARS, "characters of training text the BPE learns from")
+    data_lib.DEFAULT_TOKENIZER_TRAIN_CHARS, 'characters of training text the BPE learns from'
+  )
   cache_dir: str | None = option(
-    None, "cache for the tokenizer and token arrays (default: $EMBER_OPTAX_CACHE_DIR/corpus, "
-    "else ~/.cache/ember_optax/corpus)")
+    None,
+    'cache for the tokenizer and token arrays (default: $EMBER_OPTAX_CACHE_DIR/corpus, '
+    'else ~/.cache/ember_optax/corpus)',
+  )
   out: str | None = option(
-    None, "folder for results.json and loss_curves.png (default: out/train/<date-time>)")
+    None, 'folder for results.json and loss_curves.png (default: out/train/<date-time>)'
+  )
   checkpoint_dir: str | None = option(
-    None, "save every run here with Orbax every --checkpoint-every steps; the same command "
-    "resumes where it stopped")
-  checkpoint_every: int = option(100, "steps between checkpoints (with --checkpoint-dir)")
-  progress: bool = option(True, "progress bars (--no-progress: none)")
+    None,
+    'save every run here with Orbax every --checkpoint-every steps; the same command '
+    'resumes where it stopped',
+  )
+  checkpoint_every: int = option(100, 'steps between checkpoints (with --checkpoint-dir)')
+  progress: bool = option(True, 'progress bars (--no-progress: none)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,48 +159,75 @@ class Plan:
 
   def training_settings(self) -> dict:
     """Everything that determines a run's numbers (for checkpoints and merged sweeps)."""
-    varying = {"setups", "seeds", "lr", "table_lr", "lr_for", "table_lr_for", "out", "cache_dir",
-               "checkpoint_dir", "checkpoint_every", "progress"}
+    varying = {
+      'setups',
+      'seeds',
+      'lr',
+      'table_lr',
+      'lr_for',
+      'table_lr_for',
+      'out',
+      'cache_dir',
+      'checkpoint_dir',
+      'checkpoint_every',
+      'progress',
+    }
     settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in varying}
-    resolved = ("steps", "batch_size", "seq_len", "warmup_steps", "eval_every", "eval_batches",
-                "vocab_size")
+    resolved = (
+      'steps',
+      'batch_size',
+      'seq_len',
+      'warmup_steps',
+      'eval_every',
+      'eval_batches',
+      'vocab_size',
+    )
     return {**settings, **{k: getattr(self, k) for k in resolved}}
 
 
 def flag(name: str) -> str:
   """The command-line flag of a ``TrainConfig`` field."""
-  return "--" + name.replace("_", "-")
+  return '--' + name.replace('_', '-')
 
 
 def _fail(name: str, value: Any, requirement: str) -> ConfigError:
-  return ConfigError(f"{flag(name)} {requirement}, got {value!r}")
+  return ConfigError(f'{flag(name)} {requirement}, got {value!r}')
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise _fail(name, value, f"must be an integer >= {minimum}")
+    raise _fail(name, value, f'must be an integer >= {minimum}')
 
 
-def _check_number(name: str, value: Any, *, low: float, high: float = math.inf,
-                  low_open: bool = False, high_open: bool = False) -> None:
+def _check_number(
+  name: str,
+  value: Any,
+  *,
+  low: float,
+  high: float = math.inf,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> None:
   ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
   if ok:
     ok = (value > low if low_open else value >= low) and (
-      value < high if high_open else value <= high)
+      value < high if high_open else value <= high
+    )
   if not ok:
-    lower = f"{'(' if low_open else '['}{low:g}"
-    upper = f"{high:g}{')' if high_open else ']'}" if math.isfinite(high) else "inf)"
-    raise _fail(name, value, f"must be a finite number in {lower}, {upper}")
+    lower = f'{"(" if low_open else "["}{low:g}'
+    upper = f'{high:g}{")" if high_open else "]"}' if math.isfinite(high) else 'inf)'
+    raise _fail(name, value, f'must be a finite number in {lower}, {upper}')
 
 
 def _check_setups(name: str, names: Any, allowed: tuple[str, ...]) -> None:
   unknown = [s for s in names if s not in SETUPS]
   if unknown:
-    raise ConfigError(f"{flag(name)}: unknown setup {unknown[0]!r}; choose from {list(SETUPS)}")
+    raise ConfigError(f'{flag(name)}: unknown setup {unknown[0]!r}; choose from {list(SETUPS)}')
   missing = [s for s in names if s not in allowed]
   if missing:
     raise ConfigError(
-      f"{flag(name)} names {missing[0]!r}, which is not among --setups {' '.join(allowed)}")
+      f'{flag(name)} names {missing[0]!r}, which is not among --setups {" ".join(allowed)}'
+    )
 
 
 def resolve(config: TrainConfig) -> Plan:
@@ -185,52 +237,61 @@ def resolve(config: TrainConfig) -> Plan:
     ConfigError: naming the first setting that cannot be run, and what it must be.
   """
   if config.preset not in PRESETS:
-    raise ConfigError(f"--preset: unknown preset {config.preset!r}; choose from {list(PRESETS)}")
+    raise ConfigError(f'--preset: unknown preset {config.preset!r}; choose from {list(PRESETS)}')
   preset = PRESETS[config.preset]
   setups = tuple(config.setups)
   if not setups:
-    raise ConfigError("--setups: name at least one setup")
-  _check_setups("setups", setups, SETUPS)
+    raise ConfigError('--setups: name at least one setup')
+  _check_setups('setups', setups, SETUPS)
   if len(set(setups)) != len(setups):
-    raise _fail("setups", list(setups), "must not repeat a setup")
+    raise _fail('setups', list(setups), 'must not repeat a setup')
   seeds = tuple(config.seeds)
   if not seeds:
-    raise ConfigError("--seeds: name at least one seed")
+    raise ConfigError('--seeds: name at least one seed')
   for seed in seeds:
-    _check_positive_int("seeds", seed, minimum=0)
+    _check_positive_int('seeds', seed, minimum=0)
   if len(set(seeds)) != len(seeds):
-    raise _fail("seeds", list(seeds), "must not repeat a seed")
-  _check_setups("lr_for", config.lr_for, setups)
-  _check_setups("table_lr_for", config.table_lr_for, setups)
+    raise _fail('seeds', list(seeds), 'must not repeat a seed')
+  _check_setups('lr_for', config.lr_for, setups)
+  _check_setups('table_lr_for', config.table_lr_for, setups)
 
   def pick(name: str) -> Any:
     value = getattr(config, name)
     return getattr(preset, name) if value is None else value
 
-  steps, batch_size, seq_len = pick("steps"), pick("batch_size"), pick("seq_len")
-  warmup_steps, eval_every, eval_batches = pick("warmup_steps"), pick("eval_every"), pick(
-    "eval_batches")
-  vocab_size = pick("vocab_size")
-  for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
-                      ("eval_every", eval_every), ("eval_batches", eval_batches),
-                      ("checkpoint_every", config.checkpoint_every),
-                      ("tokenizer_train_chars", config.tokenizer_train_chars)):
+  steps, batch_size, seq_len = pick('steps'), pick('batch_size'), pick('seq_len')
+  warmup_steps, eval_every, eval_batches = (
+    pick('warmup_steps'),
+    pick('eval_every'),
+    pick('eval_batches'),
+  )
+  vocab_size = pick('vocab_size')
+  for name, value in (
+    ('steps', steps),
+    ('batch_size', batch_size),
+    ('seq_len', seq_len),
+    ('eval_every', eval_every),
+    ('eval_batches', eval_batches),
+    ('checkpoint_every', config.checkpoint_every),
+    ('tokenizer_train_chars', config.tokenizer_train_chars),
+  ):
     _check_positive_int(name, value)
-  _check_positive_int("warmup_steps", warmup_steps, minimum=0)
-  _check_positive_int("vocab_size", vocab_size, minimum=data_lib.MIN_VOCAB_SIZE)
-  for name in ("lr", "table_lr"):
+  _check_positive_int('warmup_steps', warmup_steps, minimum=0)
+  _check_positive_int('vocab_size', vocab_size, minimum=data_lib.MIN_VOCAB_SIZE)
+  for name in ('lr', 'table_lr'):
     if getattr(config, name) is not None:
       _check_number(name, getattr(config, name), low=0.0, low_open=True)
-  for name in ("lr_for", "table_lr_for"):
+  for name in ('lr_for', 'table_lr_for'):
     for value in getattr(config, name).values():
       _check_number(name, value, low=0.0, low_open=True)
-  _check_number("b1", config.b1, low=0.0, high=1.0, high_open=True)
-  _check_number("b2", config.b2, low=0.0, high=1.0, high_open=True)
-  _check_number("eps", config.eps, low=0.0)
-  _check_number("weight_decay", config.weight_decay, low=0.0)
-  _check_number("clip_norm", config.clip_norm, low=0.0)
-  _check_number("val_fraction", config.val_fraction, low=0.0, high=1.0, low_open=True,
-                high_open=True)
+  _check_number('b1', config.b1, low=0.0, high=1.0, high_open=True)
+  _check_number('b2', config.b2, low=0.0, high=1.0, high_open=True)
+  _check_number('eps', config.eps, low=0.0)
+  _check_number('weight_decay', config.weight_decay, low=0.0)
+  _check_number('clip_norm', config.clip_norm, low=0.0)
+  _check_number(
+    'val_fraction', config.val_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+  )
 
   learning_rates = {}
   for setup in setups:

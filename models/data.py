@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-EOT = "<|endoftext|>"
+EOT = '<|endoftext|>'
 # Bump when anything that changes the cached artifacts changes (tokenizer recipe, file format).
 CACHE_VERSION = 1
 DEFAULT_VOCAB_SIZE = 8192
@@ -57,8 +57,8 @@ MIN_VOCAB_SIZE = 257
 # with deliberately broken syntax and odd encodings), and pydoc_data, whose topics.py is 740 KB
 # of English prose from the documentation in one string (its unigram cross-entropy is 7.30
 # nats against 6.60 for the code; it was 55% of the validation tokens).
-_STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
-_STDLIB_SKIP_TOP = {"test", "pydoc_data"}
+_STDLIB_SKIP_DIRS = {'site-packages', 'dist-packages', '__pycache__'}
+_STDLIB_SKIP_TOP = {'test', 'pydoc_data'}
 
 
 class CorpusError(ValueError):
@@ -123,15 +123,15 @@ def default_cache_dir() -> Path:
   The same root as the library's CPU-kernel cache (``ember_optax.cpu_kernel_status()``), so one
   variable moves both.
   """
-  root = os.environ.get("EMBER_OPTAX_CACHE_DIR")
+  root = os.environ.get('EMBER_OPTAX_CACHE_DIR')
   if not root:
-    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "ember_optax")
-  return Path(root).expanduser() / "corpus"
+    root = os.path.join(os.environ.get('XDG_CACHE_HOME') or '~/.cache', 'ember_optax')
+  return Path(root).expanduser() / 'corpus'
 
 
 def stdlib_root() -> Path:
   """The running interpreter's standard-library folder."""
-  return Path(sysconfig.get_paths()["stdlib"])
+  return Path(sysconfig.get_paths()['stdlib'])
 
 
 def list_files(text: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
@@ -145,7 +145,7 @@ def list_files(text: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
   if text is None:
     root = stdlib_root()
     files = []
-    for path in root.rglob("*.py"):
+    for path in root.rglob('*.py'):
       rel = path.relative_to(root)
       if rel.parts[0] in _STDLIB_SKIP_TOP or _STDLIB_SKIP_DIRS & set(rel.parts):
         continue
@@ -153,26 +153,26 @@ def list_files(text: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
         files.append(rel.as_posix())
     return root, sorted(files)
   if not str(text).strip():
-    raise CorpusError("--text is empty; give a text file or a folder of text files")
+    raise CorpusError('--text is empty; give a text file or a folder of text files')
   path = Path(text).expanduser().resolve()
   if path.is_file():
     return path.parent, [path.name]
   if not path.is_dir():
-    raise CorpusError(f"--text {text}: no such file or folder")
+    raise CorpusError(f'--text {text}: no such file or folder')
   files = []
-  for p in path.rglob("*"):
+  for p in path.rglob('*'):
     rel = p.relative_to(path)
-    if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+    if p.is_file() and not any(part.startswith('.') for part in rel.parts):
       files.append(rel.as_posix())
   if not files:
-    raise CorpusError(f"--text {text}: the folder has no (non-hidden) files")
+    raise CorpusError(f'--text {text}: the folder has no (non-hidden) files')
   return path, sorted(files)
 
 
 def path_fraction(rel_path: str) -> float:
   """Maps a relative path to a number in [0, 1) by SHA-256 (stable across machines)."""
-  digest = hashlib.sha256(rel_path.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") / 2.0**64
+  digest = hashlib.sha256(rel_path.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64
 
 
 def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -182,7 +182,7 @@ def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[
   the file with the smallest (or largest) hash is moved across.
   """
   if not 0.0 < val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
   train = [f for f in files if path_fraction(f) >= val_fraction]
   val = [f for f in files if path_fraction(f) < val_fraction]
   if len(files) >= 2 and not val:
@@ -199,25 +199,25 @@ def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[
 def _read_text(path: Path) -> str | None:
   """Reads a file as UTF-8 text; None for a file that looks binary (it has a NUL byte)."""
   data = path.read_bytes()
-  if b"\x00" in data:
+  if b'\x00' in data:
     return None
-  return data.decode("utf-8", errors="replace")
+  return data.decode('utf-8', errors='replace')
 
 
 def _write_atomic(path: Path, write) -> None:
   """Calls ``write(binary_file)`` on a temporary file, then renames it to ``path``."""
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "wb") as f:
+  tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+  with open(tmp, 'wb') as f:
     write(f)
   tmp.replace(path)
 
 
 def _corpus_key(root: Path, files: list[str], settings: dict) -> str:
   h = hashlib.sha256()
-  h.update(json.dumps({"root": str(root), "version": CACHE_VERSION, **settings}).encode())
+  h.update(json.dumps({'root': str(root), 'version': CACHE_VERSION, **settings}).encode())
   for rel in files:
     st = (root / rel).stat()
-    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(f'{rel}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
   return h.hexdigest()[:16]
 
 
@@ -280,21 +280,21 @@ def load_corpus(
   """
   if vocab_size < MIN_VOCAB_SIZE:
     raise CorpusError(
-      f"--vocab-size must be at least {MIN_VOCAB_SIZE} (256 bytes + <|endoftext|>), got "
-      f"{vocab_size}"
+      f'--vocab-size must be at least {MIN_VOCAB_SIZE} (256 bytes + <|endoftext|>), got '
+      f'{vocab_size}'
     )
   root, files = list_files(text)
   settings = {
-    "vocab_size": vocab_size,
-    "val_fraction": val_fraction,
-    "tokenizer_train_chars": tokenizer_train_chars,
-    "single_file": len(files) == 1,
+    'vocab_size': vocab_size,
+    'val_fraction': val_fraction,
+    'tokenizer_train_chars': tokenizer_train_chars,
+    'single_file': len(files) == 1,
   }
   key = _corpus_key(root, files, settings)
   base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-  cdir = base / f"{'stdlib' if text is None else 'text'}-v{vocab_size}-{key}"
-  tok_path, meta_path = cdir / "tokenizer.json", cdir / "meta.json"
-  train_path, val_path = cdir / "train.npy", cdir / "val.npy"
+  cdir = base / f'{"stdlib" if text is None else "text"}-v{vocab_size}-{key}'
+  tok_path, meta_path = cdir / 'tokenizer.json', cdir / 'meta.json'
+  train_path, val_path = cdir / 'train.npy', cdir / 'val.npy'
   dtype = np.uint16 if vocab_size <= 2**16 else np.int32
 
   cache_hit = all(p.exists() for p in (tok_path, meta_path, train_path, val_path))
@@ -308,29 +308,29 @@ def load_corpus(
     if len(files) == 1:
       # One file: split by position (the tail is validation), the only split a single
       # document allows.
-      whole = _read_text(root / files[0]) or ""
+      whole = _read_text(root / files[0]) or ''
       cut = int(len(whole) * (1.0 - val_fraction))
       train_texts, val_texts = [whole[:cut]], [whole[cut:]]
       train_files, val_files = files, files
-      split_rule = f"single file: last {val_fraction:.0%} of characters is validation"
+      split_rule = f'single file: last {val_fraction:.0%} of characters is validation'
     else:
       train_files, val_files = split_files(files, val_fraction)
       train_texts = [t for t in (_read_text(root / f) for f in train_files) if t]
       val_texts = [t for t in (_read_text(root / f) for f in val_files) if t]
-      split_rule = f"by file: sha256(relative path) < {val_fraction} is validation"
+      split_rule = f'by file: sha256(relative path) < {val_fraction} is validation'
     if not train_texts or not val_texts:
       raise CorpusError(
-        f"--text {text}: no readable text on the "
-        f"{'training' if not train_texts else 'validation'} side of the split (files with NUL "
-        "bytes are skipped as binary); give more text files"
+        f'--text {text}: no readable text on the '
+        f'{"training" if not train_texts else "validation"} side of the split (files with NUL '
+        'bytes are skipped as binary); give more text files'
       )
     if verbose:
       print(
-        f"[data] training a {vocab_size}-token byte-level BPE on "
-        f"{sum(map(len, train_texts)) / 1e6:.1f}M characters ...",
+        f'[data] training a {vocab_size}-token byte-level BPE on '
+        f'{sum(map(len, train_texts)) / 1e6:.1f}M characters ...',
         flush=True,
       )
-    tmp_tok = cdir / f"tokenizer.json.{os.getpid()}.tmp"
+    tmp_tok = cdir / f'tokenizer.json.{os.getpid()}.tmp'
     _train_tokenizer(train_texts, vocab_size, tokenizer_train_chars, tmp_tok)
     from tokenizers import Tokenizer
 
@@ -338,21 +338,21 @@ def load_corpus(
     train_tokens = _encode(tokenizer, train_texts, dtype)
     val_tokens = _encode(tokenizer, val_texts, dtype)
     info = {
-      "corpus": "python-stdlib" if text is None else str(Path(text).expanduser()),
-      "root": str(root),
-      "files": len(files),
-      "train_files": len(train_files),
-      "val_files": len(val_files),
-      "train_chars": sum(map(len, train_texts)),
-      "val_chars": sum(map(len, val_texts)),
-      "train_tokens": int(train_tokens.size),
-      "val_tokens": int(val_tokens.size),
-      "vocab_size": vocab_size,
-      "tokenizer_vocab_used": tokenizer.get_vocab_size(),
-      "split": split_rule,
-      "tokenizer_train_chars": min(tokenizer_train_chars, sum(map(len, train_texts))),
-      "val_file_list": val_files,
-      "build_seconds": round(time.perf_counter() - start, 2),
+      'corpus': 'python-stdlib' if text is None else str(Path(text).expanduser()),
+      'root': str(root),
+      'files': len(files),
+      'train_files': len(train_files),
+      'val_files': len(val_files),
+      'train_chars': sum(map(len, train_texts)),
+      'val_chars': sum(map(len, val_texts)),
+      'train_tokens': int(train_tokens.size),
+      'val_tokens': int(val_tokens.size),
+      'vocab_size': vocab_size,
+      'tokenizer_vocab_used': tokenizer.get_vocab_size(),
+      'split': split_rule,
+      'tokenizer_train_chars': min(tokenizer_train_chars, sum(map(len, train_texts))),
+      'val_file_list': val_files,
+      'build_seconds': round(time.perf_counter() - start, 2),
     }
     # Every file is written under a temporary name and renamed into place, the tokenizer last,
     # so that neither an interrupted build nor two processes building at once leave a cache
@@ -363,8 +363,8 @@ def load_corpus(
     tmp_tok.replace(tok_path)
     if verbose:
       print(
-        f"[data] {info['train_tokens']:,} train / {info['val_tokens']:,} val tokens, "
-        f"built in {info['build_seconds']}s, cached in {cdir}",
+        f'[data] {info["train_tokens"]:,} train / {info["val_tokens"]:,} val tokens, '
+        f'built in {info["build_seconds"]}s, cached in {cdir}',
         flush=True,
       )
   counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.int64)
@@ -382,12 +382,14 @@ def load_corpus(
 
 def check_fits(corpus: Corpus, seq_len: int) -> None:
   """Raises ``CorpusError`` unless both sides of ``corpus`` hold at least one window."""
-  for side, tokens, needed in (("training", corpus.train_tokens, seq_len + 2),
-                               ("validation", corpus.val_tokens, seq_len + 1)):
+  for side, tokens, needed in (
+    ('training', corpus.train_tokens, seq_len + 2),
+    ('validation', corpus.val_tokens, seq_len + 1),
+  ):
     if tokens.size < needed:
       raise CorpusError(
         f"the corpus's {side} side has {tokens.size} tokens, too few for one sequence of "
-        f"--seq-len {seq_len} ({needed} needed); give more text or a shorter --seq-len"
+        f'--seq-len {seq_len} ({needed} needed); give more text or a shorter --seq-len'
       )
 
 
@@ -407,8 +409,8 @@ def train_batches(
   """
   if tokens.size < seq_len + 2:
     raise CorpusError(
-      f"training stream has {tokens.size} tokens, fewer than seq_len + 2 = "
-      f"{seq_len + 2}; use a bigger corpus or a shorter seq_len"
+      f'training stream has {tokens.size} tokens, fewer than seq_len + 2 = '
+      f'{seq_len + 2}; use a bigger corpus or a shorter seq_len'
     )
   rng = np.random.default_rng(seed)
   windows = steps * batch_size
@@ -433,9 +435,9 @@ def val_batches(
   """
   if tokens.size < seq_len + 1:
     raise CorpusError(
-      f"validation stream has {tokens.size} tokens, fewer than seq_len + 1 = "
-      f"{seq_len + 1}; use a bigger corpus, a larger val_fraction or a "
-      f"shorter seq_len"
+      f'validation stream has {tokens.size} tokens, fewer than seq_len + 1 = '
+      f'{seq_len + 1}; use a bigger corpus, a larger val_fraction or a '
+      f'shorter seq_len'
     )
   n = num_batches * batch_size
   starts = np.linspace(0, tokens.size - seq_len - 1, n).round().astype(np.int64)

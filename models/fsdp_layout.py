@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-FSDP_AXIS = "fsdp"
+FSDP_AXIS = 'fsdp'
 
 
 def fsdp_mesh(devices: int) -> Mesh:
@@ -22,7 +22,7 @@ def fsdp_mesh(devices: int) -> Mesh:
   Its axis is ``Auto``: XLA's sharding propagation lays out everything not constrained.
   """
   if jax.device_count() != devices:
-    raise RuntimeError(f"asked for {devices} devices, JAX has {jax.device_count()}")
+    raise RuntimeError(f'asked for {devices} devices, JAX has {jax.device_count()}')
   return jax.make_mesh((devices,), (FSDP_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
@@ -54,5 +54,6 @@ def shard_shapes(tree: Any, shardings: Any) -> Any:
   """One device's shards of ``tree``'s arrays, as ``jax.ShapeDtypeStruct``s."""
   return jax.tree.map(
     lambda leaf, sharding: jax.ShapeDtypeStruct(sharding.shard_shape(leaf.shape), leaf.dtype),
-    tree, shardings,
+    tree,
+    shardings,
   )

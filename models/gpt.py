@@ -50,7 +50,7 @@ class GPTConfig:
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
-      raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+      raise ValueError(f'd_model={self.d_model} is not a multiple of n_heads={self.n_heads}')
 
 
 # GPT-2's initialization: small normal weights, zero biases.
@@ -147,19 +147,19 @@ class GPT(nnx.Module):
         logit_bias_init = jnp.zeros((config.vocab_size,))
       if jnp.shape(logit_bias_init) != (config.vocab_size,):
         raise ValueError(
-          f"logit_bias_init has shape {jnp.shape(logit_bias_init)}, but the head has "
-          f"vocab_size={config.vocab_size} outputs"
+          f'logit_bias_init has shape {jnp.shape(logit_bias_init)}, but the head has '
+          f'vocab_size={config.vocab_size} outputs'
         )
       self.logit_bias = nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
     elif logit_bias_init is not None:
-      raise ValueError("logit_bias_init was given, but config.logit_bias is False")
+      raise ValueError('logit_bias_init was given, but config.logit_bias is False')
     else:
       self.logit_bias = None
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     length = tokens.shape[-1]
     if length > self.config.max_len:
-      raise ValueError(f"sequence length {length} > max_len {self.config.max_len}")
+      raise ValueError(f'sequence length {length} > max_len {self.config.max_len}')
     x = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))
     for block in self.blocks:
       x = block(x)
@@ -173,8 +173,8 @@ class GPT(nnx.Module):
 def token_table_paths(config: GPTConfig) -> frozenset[str]:
   """The paths (``a/b``, as ``ember_optax.token_table_labels`` names them) of the token tables."""
   if config.tie_embeddings:
-    return frozenset({"token_embed/embedding"})
-  return frozenset({"token_embed/embedding", "lm_head/kernel"})
+    return frozenset({'token_embed/embedding'})
+  return frozenset({'token_embed/embedding', 'lm_head/kernel'})
 
 
 def is_token_table(config: GPTConfig) -> Callable[[str, object], bool]:

@@ -74,20 +74,20 @@ class Measured:
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)
-    out["state"] = self.state._asdict()
-    out["step"]["total"] = self.step.total
-    out["steps_by_batch"] = {str(b): dataclasses.asdict(m) for b, m in self.steps_by_batch.items()}
-    out["fits"] = {f"{k:g}": v for k, v in self.fits.items()}
+    out['state'] = self.state._asdict()
+    out['step']['total'] = self.step.total
+    out['steps_by_batch'] = {str(b): dataclasses.asdict(m) for b, m in self.steps_by_batch.items()}
+    out['fits'] = {f'{k:g}': v for k, v in self.fits.items()}
     return out
 
   @classmethod
   def from_json(cls, data: dict) -> Measured:
     data = dict(data)
-    data["shape"] = published.DecoderShape(**data["shape"])
-    data["state"] = StateBytes(**data["state"])
-    data["step"] = StepMemory(**{k: v for k, v in data["step"].items() if k != "total"})
-    data["fits"] = {float(k): v for k, v in data["fits"].items()}
-    data["steps_by_batch"] = {int(b): StepMemory(**m) for b, m in data["steps_by_batch"].items()}
+    data['shape'] = published.DecoderShape(**data['shape'])
+    data['state'] = StateBytes(**data['state'])
+    data['step'] = StepMemory(**{k: v for k, v in data['step'].items() if k != 'total'})
+    data['fits'] = {float(k): v for k, v in data['fits'].items()}
+    data['steps_by_batch'] = {int(b): StepMemory(**m) for b, m in data['steps_by_batch'].items()}
     return cls(**data)
 
 
@@ -113,7 +113,9 @@ def analyze(
     mesh = fsdp_mesh(devices)
     activation_sharding = batch_sharding(mesh)
   graphdef, params = published.abstract_model(
-    shape, param_dtype=PRECISIONS[precision], remat=remat,
+    shape,
+    param_dtype=PRECISIONS[precision],
+    remat=remat,
     activation_sharding=activation_sharding,
   )
   labels = published.table_labels(params, shape)
@@ -125,14 +127,26 @@ def analyze(
     steps, fits = _measure_step(builder, batch, budgets_gib)
     seconds = time.perf_counter() - start
     shards = params if mesh is None else shard_shapes(params, builder.param_shardings)
-    results.append(Measured(
-      shape, precision, name, devices, seq_len, batch, n_params, tree_bytes(shards),
-      optimizer_state_bytes(name, params, labels, builder.param_shardings), steps[batch], fits,
-      dict(sorted(steps.items())), seconds,
-    ))
+    results.append(
+      Measured(
+        shape,
+        precision,
+        name,
+        devices,
+        seq_len,
+        batch,
+        n_params,
+        tree_bytes(shards),
+        optimizer_state_bytes(name, params, labels, builder.param_shardings),
+        steps[batch],
+        fits,
+        dict(sorted(steps.items())),
+        seconds,
+      )
+    )
     (log or _log)(
-      f"  {shape.name:>13} {precision:>8} {name:>9} on {devices} device(s): step "
-      f"{format_bytes(steps[batch].total)} at batch {batch}; {len(steps)} compiles, {seconds:.0f} s"
+      f'  {shape.name:>13} {precision:>8} {name:>9} on {devices} device(s): step '
+      f'{format_bytes(steps[batch].total)} at batch {batch}; {len(steps)} compiles, {seconds:.0f} s'
     )
   return results
 
@@ -141,8 +155,9 @@ def _log(line: str) -> None:
   print(line, file=sys.stderr, flush=True)
 
 
-def _measure_step(builder: StepBuilder, batch: int, budgets_gib: Sequence[float]
-                  ) -> tuple[dict[int, StepMemory], dict[float, int]]:
+def _measure_step(
+  builder: StepBuilder, batch: int, budgets_gib: Sequence[float]
+) -> tuple[dict[int, StepMemory], dict[float, int]]:
   """The step's memory at every batch compiled, and the largest fitting batch per budget."""
   steps = {batch: builder.memory(batch)}
 
@@ -151,30 +166,41 @@ def _measure_step(builder: StepBuilder, batch: int, budgets_gib: Sequence[float]
     return steps[b].total
 
   known = {batch: steps[batch].total}
-  fits = {budget: largest_fitting_batch(total_at, int(budget * GIB), known)
-          for budget in budgets_gib}
+  fits = {
+    budget: largest_fitting_batch(total_at, int(budget * GIB), known) for budget in budgets_gib
+  }
   return steps, fits
 
 
 def analyze_json(shapes: Sequence[dict], precisions: Sequence[str], **kwargs) -> list[dict]:
   """:func:`analyze` of every shape (``DecoderShape`` fields) and precision, as JSON."""
-  return [m.to_json() for shape in shapes for precision in precisions
-          for m in analyze(published.DecoderShape(**shape), precision, **kwargs)]
+  return [
+    m.to_json()
+    for shape in shapes
+    for precision in precisions
+    for m in analyze(published.DecoderShape(**shape), precision, **kwargs)
+  ]
 
 
-def analysis_child(shape: published.DecoderShape, precisions: Sequence[str], *, devices: int,
-                   **kwargs) -> ChildProcess:
+def analysis_child(
+  shape: published.DecoderShape, precisions: Sequence[str], *, devices: int, **kwargs
+) -> ChildProcess:
   """Starts :func:`analyze` of one shape in its own process, on ``devices`` CPU devices (JAX
   must see the device count when it starts); ``.result()`` gives its ``Measured`` as JSON."""
-  env = {"JAX_PLATFORMS": "cpu"}
+  env = {'JAX_PLATFORMS': 'cpu'}
   if devices > 1:
-    flags = os.environ.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    flags = os.environ.get('XLA_FLAGS', '')
+    env['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={devices}'.strip()
   return ChildProcess(
-    f"{__name__}:{analyze_json.__name__}",
-    {"shapes": [dataclasses.asdict(shape)], "precisions": list(precisions), "devices": devices,
-     **kwargs},
-    env=env, prefix="" if devices == 1 else f"[{devices} devices] ",
+    f'{__name__}:{analyze_json.__name__}',
+    {
+      'shapes': [dataclasses.asdict(shape)],
+      'precisions': list(precisions),
+      'devices': devices,
+      **kwargs,
+    },
+    env=env,
+    prefix='' if devices == 1 else f'[{devices} devices] ',
   )
 
 
@@ -216,12 +242,22 @@ def temp_checks(measured: Sequence[Measured]) -> list[TempCheck]:
   by_key = {(m.shape, m.precision, m.devices, m.optimizer): m for m in measured}
   checks = []
   for (shape, precision, devices, name), ember in by_key.items():
-    adamw = by_key.get((shape, precision, devices, "adamw"))
-    if name != "ember" or adamw is None:
+    adamw = by_key.get((shape, precision, devices, 'adamw'))
+    if name != 'ember' or adamw is None:
       continue
-    extras = {b: ember.steps_by_batch[b].temp - adamw.steps_by_batch[b].temp
-              for b in set(ember.steps_by_batch) & set(adamw.steps_by_batch)}
+    extras = {
+      b: ember.steps_by_batch[b].temp - adamw.steps_by_batch[b].temp
+      for b in set(ember.steps_by_batch) & set(adamw.steps_by_batch)
+    }
     worst = max(extras, key=extras.get)
-    checks.append(TempCheck(shape.name, precision, devices, worst, extras[worst],
-                            largest_table_bytes(shape, precision, devices)))
+    checks.append(
+      TempCheck(
+        shape.name,
+        precision,
+        devices,
+        worst,
+        extras[worst],
+        largest_table_bytes(shape, precision, devices),
+      )
+    )
   return checks

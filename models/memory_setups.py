@@ -26,11 +26,11 @@ import ember_optax
 from ember_optax.diagnostics import state_bytes_by_group, tree_bytes
 from models.fsdp_layout import shard_shapes
 
-OPTIMIZERS = ("adamw", "ember", "adafactor")
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OPTIMIZERS = ('adamw', 'ember', 'adafactor')
+PRECISIONS = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Label names of ember_optax.token_table_labels: one marks a token table, the other the rest.
 TABLE, BODY = ember_optax.TABLE_LABEL, ember_optax.BODY_LABEL
-ADAFACTOR = "adafactor"
+ADAFACTOR = 'adafactor'
 LEARNING_RATE = 1e-3
 
 
@@ -84,15 +84,15 @@ def make_optimizer(name: str, labels: Any) -> optax.GradientTransformationExtraA
     The optimizer, wrapped in :func:`float32_statistics`.
   """
   body = optax.adamw(LEARNING_RATE, mu_dtype=jnp.float32)
-  if name == "adamw":
+  if name == 'adamw':
     optimizer = body
-  elif name == "ember":
+  elif name == 'ember':
     optimizer = ember_optax.ember_adamw(LEARNING_RATE, labels=labels)
-  elif name == "adafactor":
+  elif name == 'adafactor':
     tables = optax.adafactor(LEARNING_RATE, multiply_by_parameter_scale=False)
     optimizer = optax.partition({ADAFACTOR: tables, BODY: body}, _setup_labels(name, labels))
   else:
-    raise ValueError(f"unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}")
+    raise ValueError(f'unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}')
   return float32_statistics(optimizer)
 
 
@@ -110,8 +110,9 @@ class StateBytes(NamedTuple):
   model: int
 
 
-def optimizer_state_bytes(name: str, params: Any, labels: Any,
-                          param_shardings: Any | None = None) -> StateBytes:
+def optimizer_state_bytes(
+  name: str, params: Any, labels: Any, param_shardings: Any | None = None
+) -> StateBytes:
   """Optimizer-state bytes of setup ``name`` on ``params``: the token tables' and the model's.
 
   Computed from shapes alone (``jax.eval_shape``), so ``params`` may be abstract; exact on every

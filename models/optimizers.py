@@ -28,12 +28,13 @@ def table_transform(setup: str, plan: Plan) -> optax.GradientTransformation:
   """The transform ``setup`` applies to the token tables (also used to measure their state)."""
   config = plan.config
   lr = plan.schedule(plan.learning_rates[setup][1])
-  if setup == "adamw":
+  if setup == 'adamw':
     return optax.adamw(
-      lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
-  if setup == "ember":
+      lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+    )
+  if setup == 'ember':
     return ember_optax.ember(lr, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
-  if setup == "adafactor":
+  if setup == 'adafactor':
     # optax's Adafactor does not multiply its weight decay by the learning rate; passing
     # weight_decay * lr(t) as the (scheduled) rate makes it the same decoupled decay as AdamW's.
     wd = config.weight_decay
@@ -42,7 +43,7 @@ def table_transform(setup: str, plan: Plan) -> optax.GradientTransformation:
       multiply_by_parameter_scale=False,
       weight_decay_rate=(lambda count: wd * lr(count)) if wd else None,
     )
-  raise ValueError(f"unknown setup {setup!r}")
+  raise ValueError(f'unknown setup {setup!r}')
 
 
 def make_optimizer(setup: str, plan: Plan) -> optax.GradientTransformation:
@@ -50,12 +51,15 @@ def make_optimizer(setup: str, plan: Plan) -> optax.GradientTransformation:
   config = plan.config
   body_peak, table_peak = plan.learning_rates[setup]
   body = optax.adamw(
-    plan.schedule(body_peak), b1=config.b1, b2=config.b2, eps=config.eps,
+    plan.schedule(body_peak),
+    b1=config.b1,
+    b2=config.b2,
+    eps=config.eps,
     weight_decay=config.weight_decay,
   )
-  if setup == "adamw" and table_peak == body_peak:
+  if setup == 'adamw' and table_peak == body_peak:
     optimizer = body  # One optax.adamw over everything: the plain baseline.
-  elif setup == "ember":
+  elif setup == 'ember':
     optimizer = ember_optax.ember_adamw(
       plan.schedule(body_peak),
       b1=config.b1,
@@ -69,7 +73,7 @@ def make_optimizer(setup: str, plan: Plan) -> optax.GradientTransformation:
   else:
     # The tables' state is stored under the setup's own name ("adafactor", or "adamw_tables"
     # for AdamW at its own table learning rate).
-    table_label = "adamw_tables" if setup == "adamw" else setup
+    table_label = 'adamw_tables' if setup == 'adamw' else setup
 
     def labels(params):
       return jax.tree.map(
@@ -77,8 +81,7 @@ def make_optimizer(setup: str, plan: Plan) -> optax.GradientTransformation:
         table_labels(params, plan.model),
       )
 
-    optimizer = optax.partition(
-      {table_label: table_transform(setup, plan), BODY: body}, labels)
+    optimizer = optax.partition({table_label: table_transform(setup, plan), BODY: body}, labels)
   if config.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
   return optimizer

@@ -8,7 +8,7 @@ from models.gpt import GPTConfig
 
 # The setups of the comparison. The body (attention, MLP, norms, positions, the head's bias)
 # always gets AdamW; the setups differ only on the token tables (input embedding and LM head).
-SETUPS = ("adamw", "ember", "adafactor")
+SETUPS = ('adamw', 'ember', 'adafactor')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _same_lr(lr: float) -> dict[str, float]:
 
 PRESETS: dict[str, Preset] = {
   # Seconds on a CPU: the test suite's model.
-  "tiny": Preset(
+  'tiny': Preset(
     model=GPTConfig(max_len=64, d_model=64, n_layers=2, n_heads=2, d_ff=192),
     batch_size=16,
     seq_len=64,
@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
   ),
   # The main job: three setups in under ten minutes on a 2-core CPU. Learning rate: every
   # setup's best on the quality benchmark's grid is 4e-3 (README, Quality benchmark).
-  "small": Preset(
+  'small': Preset(
     model=GPTConfig(max_len=128, d_model=128, n_layers=4, n_heads=4, d_ff=384),
     batch_size=8,
     seq_len=128,
@@ -68,7 +68,7 @@ PRESETS: dict[str, Preset] = {
     eval_batches=64,
   ),
   # Meant for a GPU/TPU.
-  "medium": Preset(
+  'medium': Preset(
     model=GPTConfig(max_len=256, d_model=384, n_layers=6, n_heads=6, d_ff=1536),
     batch_size=32,
     seq_len=256,
@@ -78,7 +78,7 @@ PRESETS: dict[str, Preset] = {
     eval_every=250,
     eval_batches=128,
   ),
-  "large": Preset(
+  'large': Preset(
     model=GPTConfig(max_len=512, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
     batch_size=32,
     seq_len=512,

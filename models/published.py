@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import ember_optax
 
 # Path segments (nnx.State keys) of the token tables. A tied head reuses the embedding.
-TOKEN_EMBED = ("token_embed", "embedding")
-LM_HEAD = ("lm_head", "kernel")
+TOKEN_EMBED = ('token_embed', 'embedding')
+LM_HEAD = ('lm_head', 'kernel')
 
 _INIT_STD = 0.02
 
@@ -76,14 +76,14 @@ class DecoderShape:
   published_params: int = 0
 
   def __post_init__(self):
-    if self.mlp not in ("gelu", "swiglu", "geglu"):
+    if self.mlp not in ('gelu', 'swiglu', 'geglu'):
       raise ValueError(f"mlp={self.mlp!r}: expected 'gelu', 'swiglu' or 'geglu'")
-    if self.norm not in ("layernorm", "rmsnorm"):
+    if self.norm not in ('layernorm', 'rmsnorm'):
       raise ValueError(f"norm={self.norm!r}: expected 'layernorm' or 'rmsnorm'")
-    if self.bias not in ("all", "qkv", "none"):
+    if self.bias not in ('all', 'qkv', 'none'):
       raise ValueError(f"bias={self.bias!r}: expected 'all', 'qkv' or 'none'")
     if self.n_heads % self.n_kv_heads:
-      raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+      raise ValueError(f'n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}')
 
   def table_shapes(self) -> list[tuple[int, int]]:
     """Shapes of the token tables as stored: the embedding ``(V, D)``, an untied head ``(D, V)``."""
@@ -102,31 +102,69 @@ SHAPES: dict[str, DecoderShape] = {
   shape.name: shape
   for shape in (
     DecoderShape(
-      name="gpt2",
-      title="GPT-2 small (openai-community/gpt2)",
-      vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64,
-      d_ff=3072, mlp="gelu", norm="layernorm", bias="all", tied=True, max_positions=1024,
+      name='gpt2',
+      title='GPT-2 small (openai-community/gpt2)',
+      vocab_size=50257,
+      d_model=768,
+      n_layers=12,
+      n_heads=12,
+      n_kv_heads=12,
+      head_dim=64,
+      d_ff=3072,
+      mlp='gelu',
+      norm='layernorm',
+      bias='all',
+      tied=True,
+      max_positions=1024,
       published_params=124_439_808,
     ),
     DecoderShape(
-      name="llama3-8b",
-      title="Llama-3-8B (meta-llama/Meta-Llama-3-8B)",
-      vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
-      d_ff=14336, mlp="swiglu", norm="rmsnorm", bias="none", tied=False,
+      name='llama3-8b',
+      title='Llama-3-8B (meta-llama/Meta-Llama-3-8B)',
+      vocab_size=128256,
+      d_model=4096,
+      n_layers=32,
+      n_heads=32,
+      n_kv_heads=8,
+      head_dim=128,
+      d_ff=14336,
+      mlp='swiglu',
+      norm='rmsnorm',
+      bias='none',
+      tied=False,
       published_params=8_030_261_248,
     ),
     DecoderShape(
-      name="gemma3-1b",
-      title="Gemma-3-1B (google/gemma-3-1b-pt)",
-      vocab_size=262144, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1, head_dim=256,
-      d_ff=6912, mlp="geglu", norm="rmsnorm", bias="none", tied=True, sandwich_norms=True,
+      name='gemma3-1b',
+      title='Gemma-3-1B (google/gemma-3-1b-pt)',
+      vocab_size=262144,
+      d_model=1152,
+      n_layers=26,
+      n_heads=4,
+      n_kv_heads=1,
+      head_dim=256,
+      d_ff=6912,
+      mlp='geglu',
+      norm='rmsnorm',
+      bias='none',
+      tied=True,
+      sandwich_norms=True,
       published_params=999_885_952,
     ),
     DecoderShape(
-      name="qwen2.5-0.5b",
-      title="Qwen2.5-0.5B (Qwen/Qwen2.5-0.5B)",
-      vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
-      d_ff=4864, mlp="swiglu", norm="rmsnorm", bias="qkv", tied=True,
+      name='qwen2.5-0.5b',
+      title='Qwen2.5-0.5B (Qwen/Qwen2.5-0.5B)',
+      vocab_size=151936,
+      d_model=896,
+      n_layers=24,
+      n_heads=14,
+      n_kv_heads=2,
+      head_dim=64,
+      d_ff=4864,
+      mlp='swiglu',
+      norm='rmsnorm',
+      bias='qkv',
+      tied=True,
       published_params=494_032_768,
     ),
   )
@@ -134,7 +172,7 @@ SHAPES: dict[str, DecoderShape] = {
 
 
 def _norm(shape: DecoderShape, features: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Module:
-  if shape.norm == "layernorm":
+  if shape.norm == 'layernorm':
     return nnx.LayerNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   return nnx.RMSNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -158,14 +196,21 @@ class Attention(nnx.Module):
     init = nnx.initializers.normal(_INIT_STD)
 
     def linear(n_in: int, n_out: int, bias: bool) -> nnx.Linear:
-      return nnx.Linear(n_in, n_out, use_bias=bias, kernel_init=init, dtype=dtype,
-                        param_dtype=param_dtype, rngs=rngs)
+      return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=bias,
+        kernel_init=init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+      )
 
-    qkv_bias = shape.bias in ("all", "qkv")
+    qkv_bias = shape.bias in ('all', 'qkv')
     self.query = linear(shape.d_model, shape.n_heads * shape.head_dim, qkv_bias)
     self.key = linear(shape.d_model, shape.n_kv_heads * shape.head_dim, qkv_bias)
     self.value = linear(shape.d_model, shape.n_kv_heads * shape.head_dim, qkv_bias)
-    self.out = linear(shape.n_heads * shape.head_dim, shape.d_model, shape.bias == "all")
+    self.out = linear(shape.n_heads * shape.head_dim, shape.d_model, shape.bias == 'all')
     if shape.sandwich_norms:
       self.query_norm = _norm(shape, shape.head_dim, dtype, param_dtype, rngs)
       self.key_norm = _norm(shape, shape.head_dim, dtype, param_dtype, rngs)
@@ -189,14 +234,21 @@ class MLP(nnx.Module):
 
   def __init__(self, shape: DecoderShape, dtype, param_dtype, *, rngs: nnx.Rngs):
     init = nnx.initializers.normal(_INIT_STD)
-    bias = shape.bias == "all"
+    bias = shape.bias == 'all'
 
     def linear(n_in: int, n_out: int) -> nnx.Linear:
-      return nnx.Linear(n_in, n_out, use_bias=bias, kernel_init=init, dtype=dtype,
-                        param_dtype=param_dtype, rngs=rngs)
+      return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=bias,
+        kernel_init=init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+      )
 
-    self.activation: Callable = jax.nn.silu if shape.mlp == "swiglu" else jax.nn.gelu
-    self.gate = linear(shape.d_model, shape.d_ff) if shape.mlp != "gelu" else None
+    self.activation: Callable = jax.nn.silu if shape.mlp == 'swiglu' else jax.nn.gelu
+    self.gate = linear(shape.d_model, shape.d_ff) if shape.mlp != 'gelu' else None
     self.up = linear(shape.d_model, shape.d_ff)
     self.down = linear(shape.d_ff, shape.d_model)
 
@@ -246,18 +298,37 @@ class Decoder(nnx.Module):
     rngs: initialization keys.
   """
 
-  def __init__(self, shape: DecoderShape, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: bool = True, activation_sharding: jax.sharding.Sharding | None = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    shape: DecoderShape,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    remat: bool = True,
+    activation_sharding: jax.sharding.Sharding | None = None,
+    rngs: nnx.Rngs,
+  ):
     self.shape = shape
     self.remat = remat
     self.activation_sharding = activation_sharding
     init = nnx.initializers.normal(_INIT_STD)
-    self.token_embed = nnx.Embed(shape.vocab_size, shape.d_model, embedding_init=init,
-                                 dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.token_embed = nnx.Embed(
+      shape.vocab_size,
+      shape.d_model,
+      embedding_init=init,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     if shape.max_positions:
-      self.pos_embed = nnx.Embed(shape.max_positions, shape.d_model, embedding_init=init,
-                                 dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+      self.pos_embed = nnx.Embed(
+        shape.max_positions,
+        shape.d_model,
+        embedding_init=init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+      )
 
     @nnx.split_rngs(splits=shape.n_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -267,8 +338,15 @@ class Decoder(nnx.Module):
     self.layers = make_layers(rngs)
     self.final_norm = _norm(shape, shape.d_model, dtype, param_dtype, rngs)
     if not shape.tied:
-      self.lm_head = nnx.Linear(shape.d_model, shape.vocab_size, use_bias=False,
-                                kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+      self.lm_head = nnx.Linear(
+        shape.d_model,
+        shape.vocab_size,
+        use_bias=False,
+        kernel_init=init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+      )
 
   def _constrain(self, x: jax.Array) -> jax.Array:
     if self.activation_sharding is None:
@@ -280,8 +358,10 @@ class Decoder(nnx.Module):
     x = self.token_embed(tokens)
     if self.shape.max_positions:
       if length > self.shape.max_positions:
-        raise ValueError(f"sequence length {length} > {self.shape.name}'s "
-                         f"{self.shape.max_positions} learned positions")
+        raise ValueError(
+          f"sequence length {length} > {self.shape.name}'s "
+          f'{self.shape.max_positions} learned positions'
+        )
       # A slice, not a lookup of arange(length): its gradient is a pad, where a gather's would
       # be a scatter-add that XLA tries, slowly, to constant-fold.
       x = x + self.pos_embed.embedding[:length]
@@ -317,8 +397,14 @@ def abstract_model(
     inside a traced function.
   """
   model = nnx.eval_shape(
-    lambda: Decoder(shape, dtype=param_dtype, param_dtype=param_dtype, remat=remat,
-                    activation_sharding=activation_sharding, rngs=nnx.Rngs(0))
+    lambda: Decoder(
+      shape,
+      dtype=param_dtype,
+      param_dtype=param_dtype,
+      remat=remat,
+      activation_sharding=activation_sharding,
+      rngs=nnx.Rngs(0),
+    )
   )
   graphdef, params = nnx.split(model, nnx.Param)
   return graphdef, params.to_pure_dict()
@@ -333,15 +419,16 @@ def table_labels(params: Any, shape: DecoderShape) -> Any:
   tables = {TOKEN_EMBED} if shape.tied else {TOKEN_EMBED, LM_HEAD}
   return jax.tree_util.tree_map_with_path(
     lambda path, _: (
-      ember_optax.TABLE_LABEL if _path_names(path) in tables else ember_optax.BODY_LABEL),
+      ember_optax.TABLE_LABEL if _path_names(path) in tables else ember_optax.BODY_LABEL
+    ),
     params,
   )
 
 
 def is_stacked(path: tuple[Any, ...]) -> bool:
   """Whether the parameter at key path ``path`` is stacked over layers (leading axis = layer)."""
-  return _path_names(path)[:1] == ("layers",)
+  return _path_names(path)[:1] == ('layers',)
 
 
 def _path_names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(key, "key", key)) for key in path)
+  return tuple(str(getattr(key, 'key', key)) for key in path)

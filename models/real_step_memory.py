@@ -26,25 +26,25 @@ from models.step_memory import StepBuilder, StepMemory
 
 def _rss_bytes(field: str) -> int:
   """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status``, in bytes."""
-  for line in Path("/proc/self/status").read_text().splitlines():
-    if line.startswith(field + ":"):
+  for line in Path('/proc/self/status').read_text().splitlines():
+    if line.startswith(field + ':'):
       return int(line.split()[1]) * 1024
-  raise RuntimeError(f"no {field} in /proc/self/status")
+  raise RuntimeError(f'no {field} in /proc/self/status')
 
 
 def _wait_for_steady_rss(interval: float = 0.05, timeout: float = 5.0) -> None:
   """Returns once the resident set size stops changing (or after ``timeout`` seconds)."""
   deadline = time.perf_counter() + timeout
-  last = _rss_bytes("VmRSS")
+  last = _rss_bytes('VmRSS')
   while time.perf_counter() < deadline:
     time.sleep(interval)
-    now = _rss_bytes("VmRSS")
+    now = _rss_bytes('VmRSS')
     if now == last:
       return
     last = now
 
 
-def real_step_memory(optimizer: str, preset: str = "small", repeats: int = 3) -> dict:
+def real_step_memory(optimizer: str, preset: str = 'small', repeats: int = 3) -> dict:
   """Runs the ``models.gpt`` preset's train step and measures the process's resident memory.
 
   Meant for a fresh process started by :func:`reality_check`, which fixes glibc's mmap threshold
@@ -78,23 +78,25 @@ def real_step_memory(optimizer: str, preset: str = "small", repeats: int = 3) ->
   make_params = jax.jit(new_params).lower().compile()
   init = jax.jit(make_optimizer(optimizer, labels).init).lower(abstract_params).compile()
   shape = (settings.batch_size, settings.seq_len + 1)
-  make_tokens = jax.jit(
-    lambda: jax.random.randint(jax.random.key(0), shape, 0, config.vocab_size)
-  ).lower().compile()
+  make_tokens = (
+    jax.jit(lambda: jax.random.randint(jax.random.key(0), shape, 0, config.vocab_size))
+    .lower()
+    .compile()
+  )
 
-  before = _rss_bytes("VmRSS")
+  before = _rss_bytes('VmRSS')
   params = make_params()
   state = init(params)
   tokens = make_tokens()
   jax.block_until_ready((params, state, tokens))
-  arguments_rss = _rss_bytes("VmRSS") - before
+  arguments_rss = _rss_bytes('VmRSS') - before
 
   def peak_growth(function: Callable, *args) -> tuple[int, Any]:
     _wait_for_steady_rss()  # The runtime frees the last call's buffers after returning.
-    Path("/proc/self/clear_refs").write_text("5")  # Resets VmHWM to the current RSS.
-    before = _rss_bytes("VmRSS")
+    Path('/proc/self/clear_refs').write_text('5')  # Resets VmHWM to the current RSS.
+    before = _rss_bytes('VmRSS')
     result = jax.block_until_ready(function(*args))
-    return _rss_bytes("VmHWM") - before, result
+    return _rss_bytes('VmHWM') - before, result
 
   step_rss = []
   for _ in range(repeats):
@@ -108,24 +110,28 @@ def real_step_memory(optimizer: str, preset: str = "small", repeats: int = 3) ->
   probe = jax.jit(lambda h, w: jnp.sum(h @ w)).lower(hidden, head).compile()
   probe_rss = [peak_growth(probe, hidden, head)[0] for _ in range(2)][-1]
   return {
-    "estimate": dataclasses.asdict(estimate),
-    "arguments_rss": arguments_rss,
-    "step_rss": step_rss,
-    "loss": float(loss),
-    "matmul_probe": {"shape": [list(hidden.shape), list(head.shape)],
-                     "temp": StepMemory.of(probe).temp, "rss": probe_rss},
+    'estimate': dataclasses.asdict(estimate),
+    'arguments_rss': arguments_rss,
+    'step_rss': step_rss,
+    'loss': float(loss),
+    'matmul_probe': {
+      'shape': [list(hidden.shape), list(head.shape)],
+      'temp': StepMemory.of(probe).temp,
+      'rss': probe_rss,
+    },
   }
 
 
-def reality_child(optimizer: str, preset: str = "small") -> ChildProcess:
+def reality_child(optimizer: str, preset: str = 'small') -> ChildProcess:
   """Starts :func:`real_step_memory` in a fresh process; ``.result()`` gives its result."""
   # A fixed threshold also turns off glibc's dynamic one, which would keep freed buffers of up
   # to 32 MiB in the heap and hide them from the next step's peak.
-  env = {"MALLOC_MMAP_THRESHOLD_": str(1 << 16), "MALLOC_TRIM_THRESHOLD_": str(1 << 16)}
-  return ChildProcess(f"{__name__}:{real_step_memory.__name__}",
-                      {"optimizer": optimizer, "preset": preset}, env)
+  env = {'MALLOC_MMAP_THRESHOLD_': str(1 << 16), 'MALLOC_TRIM_THRESHOLD_': str(1 << 16)}
+  return ChildProcess(
+    f'{__name__}:{real_step_memory.__name__}', {'optimizer': optimizer, 'preset': preset}, env
+  )
 
 
-def reality_check(optimizers: Sequence[str], preset: str = "small") -> dict[str, dict]:
+def reality_check(optimizers: Sequence[str], preset: str = 'small') -> dict[str, dict]:
   """:func:`real_step_memory` for each optimizer, each in a fresh process, one at a time."""
   return {name: reality_child(name, preset).result() for name in optimizers}

@@ -18,7 +18,7 @@ _T_975 = (
 def t_quantile_975(dof: int) -> float:
   """t_{0.975} with ``dof`` degrees of freedom (the normal's 1.960 beyond 30, within 2%)."""
   if dof < 1:
-    raise ValueError(f"a t interval needs at least 1 degree of freedom, got {dof}")
+    raise ValueError(f'a t interval needs at least 1 degree of freedom, got {dof}')
   return _T_975[dof - 1] if dof <= len(_T_975) else 1.960
 
 
@@ -34,12 +34,12 @@ def describe(values: Sequence[float]) -> dict:
   std = float(x.std(ddof=1)) if n > 1 else math.nan
   half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
   return {
-    "values": x.tolist(),
-    "n": n,
-    "mean": mean,
-    "std": std,
-    "spread": float(x.max() - x.min()) if n else math.nan,
-    "ci95": [mean - half, mean + half],
+    'values': x.tolist(),
+    'n': n,
+    'mean': mean,
+    'std': std,
+    'spread': float(x.max() - x.min()) if n else math.nan,
+    'ci95': [mean - half, mean + half],
   }
 
 
@@ -48,9 +48,9 @@ def verdict(ci95: Sequence[float], lower_is_better: bool = True) -> str:
   ``"no different"`` (``"undetermined"`` without an interval)."""
   low, high = ci95
   if math.isnan(low) or math.isnan(high):
-    return "undetermined"
+    return 'undetermined'
   if high < 0:
-    return "better" if lower_is_better else "worse"
+    return 'better' if lower_is_better else 'worse'
   if low > 0:
-    return "worse" if lower_is_better else "better"
-  return "no different"
+    return 'worse' if lower_is_better else 'better'
+  return 'no different'

@@ -31,7 +31,7 @@ from models.memory_setups import make_optimizer
 
 # XLA options of every compile. The backend (LLVM) optimization level acts after buffer
 # assignment, so the memory analysis does not depend on it (tested); level 0 halves compile time.
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +137,9 @@ class StepBuilder:
       )
     # keep_unused: an input the step never reads (Adafactor's placeholder for a factored
     # second moment) still sits in memory between steps, so it counts among the arguments.
-    step = jax.jit(train_step(self.graphdef, optimizer), donate_argnums=(0, 1), keep_unused=True,
-                   **jit_kwargs)
+    step = jax.jit(
+      train_step(self.graphdef, optimizer), donate_argnums=(0, 1), keep_unused=True, **jit_kwargs
+    )
     return step, state
 
   def lower(self, batch: int) -> jax.stages.Lowered:

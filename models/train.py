@@ -39,7 +39,7 @@ from models.config import Plan, TrainConfig, resolve
 from models.gpt import count_params
 from models.training import Validation, init_model, train_one
 
-PROG = "python -m models.train"
+PROG = 'python -m models.train'
 
 
 def load_corpus(plan: Plan, verbose: bool = True) -> data_lib.Corpus:
@@ -84,19 +84,23 @@ def run(
   if config.checkpoint_dir:
     folder = checkpoints_lib.open_folder(
       config.checkpoint_dir,
-      {**plan.training_settings(), "learning_rates": plan.learning_rates,
-       "corpus": corpus.info["corpus"], "corpus_cache": str(corpus.cache_dir)},
+      {
+        **plan.training_settings(),
+        'learning_rates': plan.learning_rates,
+        'corpus': corpus.info['corpus'],
+        'corpus_cache': str(corpus.cache_dir),
+      },
     )
   validation = Validation.build(plan, corpus)
   n_params = count_params(init_model(plan, 0, corpus))
   model = plan.model
   log(
-    f"[train] preset {config.preset}: {n_params:,} parameters (d_model {model.d_model}, "
-    f"{model.n_layers} layers, vocab {model.vocab_size}, "
-    f"{'tied' if model.tie_embeddings else 'untied'} head); {plan.steps} steps of "
-    f"{plan.batch_size}x{plan.seq_len} tokens; corpus {corpus.info['corpus']} "
-    f"({corpus.info['train_tokens']:,} train / {corpus.info['val_tokens']:,} val tokens); "
-    f"{jax.devices()[0].platform}"
+    f'[train] preset {config.preset}: {n_params:,} parameters (d_model {model.d_model}, '
+    f'{model.n_layers} layers, vocab {model.vocab_size}, '
+    f'{"tied" if model.tie_embeddings else "untied"} head); {plan.steps} steps of '
+    f'{plan.batch_size}x{plan.seq_len} tokens; corpus {corpus.info["corpus"]} '
+    f'({corpus.info["train_tokens"]:,} train / {corpus.info["val_tokens"]:,} val tokens); '
+    f'{jax.devices()[0].platform}'
   )
   started = time.perf_counter()
   runs = []
@@ -105,57 +109,67 @@ def run(
       checkpoints = None
       if folder is not None:
         checkpoints = checkpoints_lib.RunCheckpoints(
-          folder, f"{setup}-seed{seed}", config.checkpoint_every)
+          folder, f'{setup}-seed{seed}', config.checkpoint_every
+        )
       runs.append(train_one(plan, setup, seed, corpus, validation, checkpoints))
   summary = reporting.summarize(runs)
   paired = reporting.paired_differences(
-    {setup: [r for r in runs if r["setup"] == setup] for setup in summary})
+    {setup: [r for r in runs if r['setup'] == setup] for setup in summary}
+  )
   results = {
-    "config": dataclasses.asdict(config),
-    "plan": {**plan.training_settings(), "learning_rates": plan.learning_rates},
-    "model": {**dataclasses.asdict(model), "params": n_params},
-    "data": {k: v for k, v in corpus.info.items() if k != "val_file_list"},
-    "environment": reporting.environment(corpus.cache_dir),
-    "runs": runs,
-    "summary": summary,
-    "paired": paired,
-    "table": reporting.format_summary(summary),
-    "paired_table": reporting.format_paired(paired),
-    "total_time_s": time.perf_counter() - started,
+    'config': dataclasses.asdict(config),
+    'plan': {**plan.training_settings(), 'learning_rates': plan.learning_rates},
+    'model': {**dataclasses.asdict(model), 'params': n_params},
+    'data': {k: v for k, v in corpus.info.items() if k != 'val_file_list'},
+    'environment': reporting.environment(corpus.cache_dir),
+    'runs': runs,
+    'summary': summary,
+    'paired': paired,
+    'table': reporting.format_summary(summary),
+    'paired_table': reporting.format_paired(paired),
+    'total_time_s': time.perf_counter() - started,
   }
-  log("\n" + results["table"])
+  log('\n' + results['table'])
   if paired:
-    log("\n" + results["paired_table"])
-  step_ms = ", ".join(f"{setup} {1e3 * s['mean_step_time_s']:.0f} ms"
-                      for setup, s in summary.items())
-  log(f"\n[train] {len(runs)} runs in {results['total_time_s']:.0f} s; mean step time "
-      f"{step_ms} (under this machine's current load; python -m models.bench_step measures "
-      "speed)")
+    log('\n' + results['paired_table'])
+  step_ms = ', '.join(
+    f'{setup} {1e3 * s["mean_step_time_s"]:.0f} ms' for setup, s in summary.items()
+  )
+  log(
+    f'\n[train] {len(runs)} runs in {results["total_time_s"]:.0f} s; mean step time '
+    f"{step_ms} (under this machine's current load; python -m models.bench_step measures "
+    'speed)'
+  )
   if config.out:
-    write(results, Path(config.out), title=(
-      f"GPT {config.preset}, {corpus.info['corpus']}, {plan.steps} steps, "
-      f"seeds {' '.join(map(str, config.seeds))}"))
-    log(f"[train] wrote {Path(config.out) / 'results.json'} and loss_curves.png")
+    write(
+      results,
+      Path(config.out),
+      title=(
+        f'GPT {config.preset}, {corpus.info["corpus"]}, {plan.steps} steps, '
+        f'seeds {" ".join(map(str, config.seeds))}'
+      ),
+    )
+    log(f'[train] wrote {Path(config.out) / "results.json"} and loss_curves.png')
   return results
 
 
 def write(results: dict, out: Path, title: str) -> None:
   """Writes ``results.json`` and ``loss_curves.png`` to ``out``."""
   out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(results, indent=1))
-  reporting.plot_curves(results["runs"], out / "loss_curves.png", title=title)
+  (out / 'results.json').write_text(json.dumps(results, indent=1))
+  reporting.plot_curves(results['runs'], out / 'loss_curves.png', title=title)
 
 
 def default_out() -> str:
   """``out/train/<date-time>`` under the current folder: a new folder for every run."""
-  return str(Path("out", "train", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+  return str(Path('out', 'train', datetime.datetime.now().strftime('%Y%m%d-%H%M%S')))
 
 
 def build_parser() -> cli.Parser:
   parser = cli.Parser(
     prog=PROG,
-    description="Train a GPT under each optimizer setup (adamw, ember, adafactor) from the "
-    "same initialization and batches, and compare them.",
+    description='Train a GPT under each optimizer setup (adamw, ember, adafactor) from the '
+    'same initialization and batches, and compare them.',
   )
   cli.add_config_arguments(parser)
   return parser
@@ -173,5 +187,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
   return cli.run_command(PROG, main_job)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

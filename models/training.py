@@ -47,8 +47,11 @@ class Validation:
   @classmethod
   def build(cls, plan: Plan, corpus: data_lib.Corpus) -> Validation:
     batches = data_lib.val_batches(
-      corpus.val_tokens, batch_size=plan.batch_size, seq_len=plan.seq_len,
-      num_batches=plan.eval_batches)
+      corpus.val_tokens,
+      batch_size=plan.batch_size,
+      seq_len=plan.seq_len,
+      num_batches=plan.eval_batches,
+    )
     return cls(batches, jnp.asarray(corpus.rare_token_mask()))
 
 
@@ -76,14 +79,17 @@ def evaluate(graphdef, params, batches, rare_mask) -> tuple[float, float]:
   sums = np.zeros(4)
   for inputs, targets in batches:
     sums += np.array([float(v) for v in _eval_step(graphdef, params, inputs, targets, rare_mask)])
-  return sums[0] / sums[1], (sums[2] / sums[3] if sums[3] else float("nan"))
+  return sums[0] / sums[1], (sums[2] / sums[3] if sums[3] else float('nan'))
 
 
 def table_state_bytes(setup: str, plan: Plan, params) -> int:
   """Bytes of the state that ``setup``'s table transform keeps for the token tables alone."""
   labels = jax.tree.leaves(table_labels(params, plan.model))
-  tables = [leaf for leaf, label in zip(jax.tree.leaves(params), labels, strict=True)
-            if label == ember_optax.TABLE_LABEL]
+  tables = [
+    leaf
+    for leaf, label in zip(jax.tree.leaves(params), labels, strict=True)
+    if label == ember_optax.TABLE_LABEL
+  ]
   return tree_bytes(jax.eval_shape(table_transform(setup, plan).init, tables))
 
 
@@ -115,8 +121,10 @@ def train_one(
   graphdef, params = nnx.split(init_model(plan, seed, corpus), nnx.Param)
   tx = make_optimizer(setup, plan)
   opt_state = tx.init(params)
-  state_bytes = {"table_state_bytes": table_state_bytes(setup, plan, params),
-                 "model_state_bytes": tree_bytes(opt_state)}
+  state_bytes = {
+    'table_state_bytes': table_state_bytes(setup, plan, params),
+    'model_state_bytes': tree_bytes(opt_state),
+  }
   rare_mask = validation.rare_mask
 
   def loss_fn(params, inputs, targets):
@@ -129,78 +137,94 @@ def train_one(
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  state = {"params": params, "opt_state": opt_state}
-  progress = {"step": 0, "train_curve": [], "val_curve": [], "step_times": [],
-              "diverged_at_step": None}
+  state = {'params': params, 'opt_state': opt_state}
+  progress = {
+    'step': 0,
+    'train_curve': [],
+    'val_curve': [],
+    'step_times': [],
+    'diverged_at_step': None,
+  }
   if checkpoints is not None and (restored := checkpoints.restore(state)) is not None:
     state, progress = restored
   else:
-    progress["val_curve"].append((0, evaluate(graphdef, params, validation.curve_batches,
-                                              rare_mask)[0]))
+    progress['val_curve'].append(
+      (0, evaluate(graphdef, params, validation.curve_batches, rare_mask)[0])
+    )
   bar = None
   if plan.config.progress:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=plan.steps, initial=progress["step"], desc=f"{setup:>9} seed {seed}",
-               unit="step", leave=True)
+    bar = tqdm(
+      total=plan.steps,
+      initial=progress['step'],
+      desc=f'{setup:>9} seed {seed}',
+      unit='step',
+      leave=True,
+    )
   batches = data_lib.train_batches(
-    corpus.train_tokens, batch_size=plan.batch_size, seq_len=plan.seq_len, steps=plan.steps,
-    seed=seed, start=progress["step"])
-  params, opt_state = state["params"], state["opt_state"]
-  for step, (inputs, targets) in enumerate(batches, start=progress["step"] + 1):
+    corpus.train_tokens,
+    batch_size=plan.batch_size,
+    seq_len=plan.seq_len,
+    steps=plan.steps,
+    seed=seed,
+    start=progress['step'],
+  )
+  params, opt_state = state['params'], state['opt_state']
+  for step, (inputs, targets) in enumerate(batches, start=progress['step'] + 1):
     start = time.perf_counter()
     params, opt_state, loss = train_step(params, opt_state, inputs, targets)
     loss = float(loss)  # Waits for the step: the timing covers the whole step.
-    progress["step_times"].append(time.perf_counter() - start)
-    progress["step"] = step
+    progress['step_times'].append(time.perf_counter() - start)
+    progress['step'] = step
     if not math.isfinite(loss):
       # A diverged run is a result (the learning rate is too high), not a crash: it is reported
       # with NaN losses so that a learning-rate sweep can go on.
-      progress["diverged_at_step"] = step
-      print(f"[train] {setup} seed {seed}: loss is {loss} at step {step}; stopping this run")
+      progress['diverged_at_step'] = step
+      print(f'[train] {setup} seed {seed}: loss is {loss} at step {step}; stopping this run')
       break
-    progress["train_curve"].append((step, loss))
+    progress['train_curve'].append((step, loss))
     if step % plan.eval_every == 0 and step < plan.steps:
-      progress["val_curve"].append(
-        (step, evaluate(graphdef, params, validation.curve_batches, rare_mask)[0]))
+      progress['val_curve'].append(
+        (step, evaluate(graphdef, params, validation.curve_batches, rare_mask)[0])
+      )
     if checkpoints is not None and step < plan.steps:
-      checkpoints.save(step, {"params": params, "opt_state": opt_state}, progress)
+      checkpoints.save(step, {'params': params, 'opt_state': opt_state}, progress)
     if bar is not None:
-      bar.set_postfix(loss=f"{loss:.3f}", val=f"{progress['val_curve'][-1][1]:.3f}",
-                      refresh=False)
+      bar.set_postfix(loss=f'{loss:.3f}', val=f'{progress["val_curve"][-1][1]:.3f}', refresh=False)
       bar.update()
   if bar is not None:
     bar.close()
-  diverged = progress["diverged_at_step"] is not None
+  diverged = progress['diverged_at_step'] is not None
   if diverged:
-    final_val = rare_val = float("nan")
+    final_val = rare_val = float('nan')
   else:
     # The final evaluation is the curve's last point and the result's numbers alike.
     final_val, rare_val = evaluate(graphdef, params, validation.batches, rare_mask)
-    progress["val_curve"].append((plan.steps, final_val))
+    progress['val_curve'].append((plan.steps, final_val))
   body_lr, table_lr = plan.learning_rates[setup]
-  step_times = progress["step_times"]
+  step_times = progress['step_times']
   # The first step of a process compiles; the mean is over the others.
   timed = step_times[1:] or step_times
-  train_curve = progress["train_curve"]
+  train_curve = progress['train_curve']
   result = {
-    "setup": setup,
-    "seed": seed,
-    "lr": body_lr,
-    "table_lr": table_lr,
-    "final_val_loss": final_val,
-    "rare_val_loss": rare_val,
-    "initial_val_loss": progress["val_curve"][0][1],
-    "final_train_loss": float("nan") if diverged else float(
-      np.mean([v for _, v in train_curve[-10:]])),
+    'setup': setup,
+    'seed': seed,
+    'lr': body_lr,
+    'table_lr': table_lr,
+    'final_val_loss': final_val,
+    'rare_val_loss': rare_val,
+    'initial_val_loss': progress['val_curve'][0][1],
+    'final_train_loss': float('nan')
+    if diverged
+    else float(np.mean([v for _, v in train_curve[-10:]])),
     **state_bytes,
-    "mean_step_time_s": float(np.mean(timed)),
-    "diverged_at_step": progress["diverged_at_step"],
-    "params_sha256": params_digest(params),
-    "train_loss_curve": [list(point) for point in train_curve],
-    "val_loss_curve": [list(point) for point in progress["val_curve"]],
+    'mean_step_time_s': float(np.mean(timed)),
+    'diverged_at_step': progress['diverged_at_step'],
+    'params_sha256': params_digest(params),
+    'train_loss_curve': [list(point) for point in train_curve],
+    'val_loss_curve': [list(point) for point in progress['val_curve']],
   }
   if checkpoints is not None:
     checkpoints.finish(result)
   return result
-

@@ -19,49 +19,50 @@ _CORPUS_MODULES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def corpus_dir(tmp_path_factory) -> Path:
   """A folder of text files (with a subfolder and a hidden file that must be ignored)."""
   from models import data as data_lib
 
-  root = tmp_path_factory.mktemp("corpus")
+  root = tmp_path_factory.mktemp('corpus')
   stdlib = data_lib.stdlib_root()
   for rel in _CORPUS_MODULES:
-    dest = root / rel.replace("/", "_")
-    if rel.startswith("json/"):
-      dest = root / "json" / Path(rel).name
+    dest = root / rel.replace('/', '_')
+    if rel.startswith('json/'):
+      dest = root / 'json' / Path(rel).name
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stdlib / rel, dest)
-  (root / ".hidden").write_text("never read")
+  (root / '.hidden').write_text('never read')
   return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def corpus_files() -> int:
   """How many files ``corpus_dir`` holds (the hidden one not counted)."""
   return len(_CORPUS_MODULES)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def cache_dir(tmp_path_factory) -> Path:
-  return tmp_path_factory.mktemp("cache")
+  return tmp_path_factory.mktemp('cache')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def tiny_config(corpus_dir, cache_dir):
   """The tiny preset on ``corpus_dir``, two seeds, no progress bars, nothing written."""
   from models.config import TrainConfig
 
-  return TrainConfig(preset="tiny", seeds=(0, 1), text=str(corpus_dir), cache_dir=str(cache_dir),
-                     progress=False)
+  return TrainConfig(
+    preset='tiny', seeds=(0, 1), text=str(corpus_dir), cache_dir=str(cache_dir), progress=False
+  )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def tiny_results(tiny_config, tmp_path_factory) -> tuple[dict, Path]:
   """One main-job run of the tiny preset, all three setups and two seeds, written to a folder."""
   import dataclasses
 
   from models import train as train_lib
 
-  out = tmp_path_factory.mktemp("out")
+  out = tmp_path_factory.mktemp('out')
   return train_lib.run(dataclasses.replace(tiny_config, out=str(out)), verbose=False), out

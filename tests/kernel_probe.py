@@ -55,7 +55,7 @@ def run_steps() -> tuple[dict[str, np.ndarray], bool]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('out', type=pathlib.Path, help='folder for probe.json and steps.npz')
-  parser.add_argument('--include-dir', help='FFI headers to build against (default: jaxlib\'s)')
+  parser.add_argument('--include-dir', help="FFI headers to build against (default: jaxlib's)")
   args = parser.parse_args()
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
@@ -70,9 +70,9 @@ def main() -> None:
   args.out.mkdir(parents=True, exist_ok=True)
   np.savez(args.out / 'steps.npz', **results)
   report = {
-      'status': status._asdict(),
-      'warnings': [str(w.message) for w in caught if 'ember_optax' in str(w.message)],
-      'calls_kernel': calls_kernel,
+    'status': status._asdict(),
+    'warnings': [str(w.message) for w in caught if 'ember_optax' in str(w.message)],
+    'calls_kernel': calls_kernel,
   }
   (args.out / 'probe.json').write_text(json.dumps(report, indent=1))
 

@@ -33,16 +33,16 @@ AUTO = jax.sharding.AxisType.Auto
 
 # name -> (mesh shape, mesh axes, table shape, table spec)
 LAYOUTS = {
-    'replicated': ((8,), ('x',), (V, D), P()),
-    'row': ((8,), ('x',), (V, D), P('x', None)),
-    'col': ((8,), ('x',), (V, D), P(None, 'x')),
-    '2d': ((2, 4), ('data', 'model'), (V, D), P('data', 'model')),
-    'stacked': ((2, 4), ('data', 'model'), (LAYERS, V, D), P(None, 'model', 'data')),
+  'replicated': ((8,), ('x',), (V, D), P()),
+  'row': ((8,), ('x',), (V, D), P('x', None)),
+  'col': ((8,), ('x',), (V, D), P(None, 'x')),
+  '2d': ((2, 4), ('data', 'model'), (V, D), P('data', 'model')),
+  'stacked': ((2, 4), ('data', 'model'), (LAYERS, V, D), P(None, 'model', 'data')),
 }
 
 COLLECTIVE = re.compile(
-    r'=\s*(?P<shape>\([^=]*?\)|\S+)\s+'
-    r'(?P<op>all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\('
+  r'=\s*(?P<shape>\([^=]*?\)|\S+)\s+'
+  r'(?P<op>all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\('
 )
 ARRAY = re.compile(r'(?P<dtype>[a-z]+[0-9]*)\[(?P<dims>[0-9,]*)\]')
 ITEMSIZE = {'f32': 4, 'f64': 8, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'pred': 1, 's64': 8}
@@ -53,7 +53,7 @@ def table_problem(shape, seed=0):
   rng = np.random.default_rng(seed)
   table = rng.normal(size=shape).astype(np.float32)
   grads = rng.normal(size=(STEPS,) + shape).astype(np.float32)
-  grads *= (rng.random(size=(STEPS,) + shape[:-1] + (1,)) > 1 / 3)
+  grads *= rng.random(size=(STEPS,) + shape[:-1] + (1,)) > 1 / 3
   return table, grads
 
 
@@ -66,8 +66,8 @@ def collectives(hlo_text):
   found = []
   for match in COLLECTIVE.finditer(hlo_text):
     arrays = [
-        (dtype, int(np.prod([int(d) for d in dims.split(',') if d] or [1])))
-        for dtype, dims in ARRAY.findall(match['shape'])
+      (dtype, int(np.prod([int(d) for d in dims.split(',') if d] or [1])))
+      for dtype, dims in ARRAY.findall(match['shape'])
     ]
     elements = sum(size for _, size in arrays)
     nbytes = sum(ITEMSIZE.get(dtype, 4) * size for dtype, size in arrays)
@@ -86,9 +86,9 @@ def check_layout(name, out):
   state = jax.jit(tx.init, out_shardings=s_shardings)(params)
 
   @functools.partial(
-      jax.jit,
-      in_shardings=(p_sharding, s_shardings, p_sharding),
-      out_shardings=(p_sharding, s_shardings),
+    jax.jit,
+    in_shardings=(p_sharding, s_shardings, p_sharding),
+    out_shardings=(p_sharding, s_shardings),
   )
   def step(params, state, grad):
     updates, state = tx.update(grad, state, params)
@@ -100,29 +100,29 @@ def check_layout(name, out):
     params, state = step(params, state, jax.device_put(grad, p_sharding))
   ember_state = state[0]
   np.savez(
-      out / f'layout_{name}.npz',
-      params=np.asarray(params),
-      row=np.asarray(ember_state.row),
-      col=np.asarray(ember_state.col),
-      scale=np.asarray(ember_state.scale),
+    out / f'layout_{name}.npz',
+    params=np.asarray(params),
+    row=np.asarray(ember_state.row),
+    col=np.asarray(ember_state.col),
+    scale=np.asarray(ember_state.scale),
   )
   specs = {
-      'params': params.sharding.spec,
-      'row': ember_state.row.sharding.spec,
-      'col': ember_state.col.sharding.spec,
-      'scale': ember_state.scale.sharding.spec,
+    'params': params.sharding.spec,
+    'row': ember_state.row.sharding.spec,
+    'col': ember_state.col.sharding.spec,
+    'scale': ember_state.scale.sharding.spec,
   }
   return {
-      'collectives': ops,
-      'specs': {key: str(value) for key, value in specs.items()},
-      'expected_specs': {
-          'row': str(P(*tuple(spec)[:-1])) if len(spec) else str(P()),
-          'col': str(P(*(tuple(spec)[:-2] + tuple(spec)[-1:]))) if len(spec) else str(P()),
-          'scale': str(P(*tuple(spec)[:-2])) if len(spec) else str(P()),
-      },
-      'shape': list(shape),
-      'mesh': dict(zip(axes, mesh_shape, strict=True)),
-      'spec': str(spec),
+    'collectives': ops,
+    'specs': {key: str(value) for key, value in specs.items()},
+    'expected_specs': {
+      'row': str(P(*tuple(spec)[:-1])) if len(spec) else str(P()),
+      'col': str(P(*(tuple(spec)[:-2] + tuple(spec)[-1:]))) if len(spec) else str(P()),
+      'scale': str(P(*tuple(spec)[:-2])) if len(spec) else str(P()),
+    },
+    'shape': list(shape),
+    'mesh': dict(zip(axes, mesh_shape, strict=True)),
+    'spec': str(spec),
   }
 
 
@@ -153,15 +153,18 @@ def check_gpt_optimizer_hlo(layout):
     return optax.apply_updates(params, updates), state
 
   jitted = jax.jit(
-      step,
-      in_shardings=(p_shardings, s_shardings, p_shardings),
-      out_shardings=(p_shardings, s_shardings),
+    step,
+    in_shardings=(p_shardings, s_shardings, p_shardings),
+    out_shardings=(p_shardings, s_shardings),
   )
   compiled = jitted.lower(
-      abstract_params, jax.eval_shape(tx.init, abstract_params), abstract_params
+    abstract_params, jax.eval_shape(tx.init, abstract_params), abstract_params
   ).compile()
-  return {'collectives': collectives(compiled.as_text()), 'vocab': config.vocab_size,
-          'd_model': config.d_model}
+  return {
+    'collectives': collectives(compiled.as_text()),
+    'vocab': config.vocab_size,
+    'd_model': config.d_model,
+  }
 
 
 def check_gpt_training(out):
@@ -174,9 +177,9 @@ def check_gpt_training(out):
     ember_state = opt_state.inner_states['token_table'].inner_state[0]
     tables = {'token_embed': 'embedding', 'lm_head': 'kernel'}
     result[layout] = {
-        'losses': losses,
-        'row_spec': {k: str(ember_state.row[k][v].sharding.spec) for k, v in tables.items()},
-        'col_spec': {k: str(ember_state.col[k][v].sharding.spec) for k, v in tables.items()},
+      'losses': losses,
+      'row_spec': {k: str(ember_state.row[k][v].sharding.spec) for k, v in tables.items()},
+      'col_spec': {k: str(ember_state.col[k][v].sharding.spec) for k, v in tables.items()},
     }
   return result
 
@@ -187,8 +190,10 @@ def check_determinism(out):
   params = distributed.train(config, mesh=mesh, layout='fsdp', steps=STEPS)[0]
   first = np.load(out / 'gpt_fsdp.npz')
   again = distributed.flatten(params)
-  return {'bitwise_equal': sorted(first) == sorted(again)
-          and all(np.array_equal(first[k], again[k]) for k in again)}
+  return {
+    'bitwise_equal': sorted(first) == sorted(again)
+    and all(np.array_equal(first[k], again[k]) for k in again)
+  }
 
 
 def check_checkpoint(tmp):
@@ -244,7 +249,7 @@ def check_checkpoint(tmp):
     shapes = {'params': abstract, 'opt_state': jax.eval_shape(tx.init, abstract)}
     shardings = {'params': layout[0], 'opt_state': layout[1]}
     return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
     )
 
   with ocp.StandardCheckpointer() as checkpointer:
@@ -253,19 +258,18 @@ def check_checkpoint(tmp):
 
   def equal(x, y):
     return all(
-        np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)
     )
 
   ember_b = restored_b['opt_state'].inner_states['token_table'].inner_state[0]
   result = {
-      'restored_a_equal': equal(jax.tree.map(np.asarray, restored_a), saved),
-      'restored_b_equal': equal(jax.tree.map(np.asarray, restored_b), saved),
-      'restored_b_specs': {
-          'embedding': str(restored_b['params']['embed']['embedding'].sharding.spec),
-          'row': str(ember_b.row['embed']['embedding'].sharding.spec),
-          'col': str(ember_b.col['embed']['embedding'].sharding.spec),
-      },
+    'restored_a_equal': equal(jax.tree.map(np.asarray, restored_a), saved),
+    'restored_b_equal': equal(jax.tree.map(np.asarray, restored_b), saved),
+    'restored_b_specs': {
+      'embedding': str(restored_b['params']['embed']['embedding'].sharding.spec),
+      'row': str(ember_b.row['embed']['embedding'].sharding.spec),
+      'col': str(ember_b.col['embed']['embedding'].sharding.spec),
+    },
   }
   # Continue both restored runs.
   params, state = restored_a['params'], restored_a['opt_state']
@@ -277,9 +281,10 @@ def check_checkpoint(tmp):
   for grad in grads[1:]:
     params, state = step_b(params, state, grad)
   result['continued_on_b_max_abs_diff'] = max(
-      float(np.max(np.abs(a - b)))
-      for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, params)),
-                      jax.tree.leaves(uninterrupted), strict=True)
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(
+      jax.tree.leaves(jax.tree.map(np.asarray, params)), jax.tree.leaves(uninterrupted), strict=True
+    )
   )
   return result
 
@@ -295,10 +300,10 @@ def check_nnx_optimizer():
   class Model(nnx.Module):
     def __init__(self, rngs):
       self.embed = nnx.Embed(
-          V, D, embedding_init=nnx.with_partitioning(init, ('model', 'data')), rngs=rngs
+        V, D, embedding_init=nnx.with_partitioning(init, ('model', 'data')), rngs=rngs
       )
       self.dense = nnx.Linear(
-          D, D, kernel_init=nnx.with_partitioning(init, ('data', 'model')), rngs=rngs
+        D, D, kernel_init=nnx.with_partitioning(init, ('data', 'model')), rngs=rngs
       )
 
     def __call__(self, tokens):
@@ -318,11 +323,11 @@ def check_nnx_optimizer():
   specs = nnx.get_partition_spec(nnx.state(optimizer))
   spec_state = specs['opt_state']['inner_states']['token_table']['inner_state'][0]
   return {
-      'row': str(ember_state.row['embed']['embedding'][...].sharding.spec),
-      'col': str(ember_state.col['embed']['embedding'][...].sharding.spec),
-      'scale': str(ember_state.scale['embed']['embedding'][...].sharding.spec),
-      'row_metadata': str(spec_state['row']['embed']['embedding'].get_value()),
-      'col_metadata': str(spec_state['col']['embed']['embedding'].get_value()),
+    'row': str(ember_state.row['embed']['embedding'][...].sharding.spec),
+    'col': str(ember_state.col['embed']['embedding'][...].sharding.spec),
+    'scale': str(ember_state.scale['embed']['embedding'][...].sharding.spec),
+    'row_metadata': str(spec_state['row']['embed']['embedding'].get_value()),
+    'col_metadata': str(spec_state['col']['embed']['embedding'].get_value()),
   }
 
 
@@ -331,14 +336,16 @@ def main():
   out.mkdir(parents=True, exist_ok=True)
   only = set(sys.argv[2:])
   checks = {f'layout_{name}': functools.partial(check_layout, name, out) for name in LAYOUTS}
-  checks.update({
+  checks.update(
+    {
       'gpt_hlo_vocab': functools.partial(check_gpt_optimizer_hlo, 'vocab'),
       'gpt_hlo_fsdp': functools.partial(check_gpt_optimizer_hlo, 'fsdp'),
       'gpt_training': functools.partial(check_gpt_training, out),
       'determinism': functools.partial(check_determinism, out),
       'checkpoint': lambda: check_checkpoint(tempfile.mkdtemp(dir=out)),
       'nnx_optimizer': check_nnx_optimizer,
-  })
+    }
+  )
   report = {'device_count': jax.device_count()}
   for name, check in checks.items():
     if only and name not in only:
@@ -353,6 +360,6 @@ def main():
 
 if __name__ == '__main__':
   assert 'xla_force_host_platform_device_count=8' in os.environ.get('XLA_FLAGS', ''), (
-      'run with XLA_FLAGS=--xla_force_host_platform_device_count=8'
+    'run with XLA_FLAGS=--xla_force_host_platform_device_count=8'
   )
   main()

@@ -9,15 +9,15 @@ from models import bench_step
 
 
 @pytest.mark.parametrize(
-    'argv, complaint',
-    [
-        (['--shapes', '12x'], "argument --shapes: '12x' is not a table shape"),
-        (['--shapes', '0x8'], "argument --shapes: '0x8' is not a table shape"),
-        (['--rounds', '0'], "argument --rounds: '0' is not a positive whole number"),
-        (['--dtypes', 'int8'], "argument --dtypes: invalid choice: 'int8'"),
-        (['--train-preset', 'huge'], "argument --train-preset: invalid choice: 'huge'"),
-        (['--speed', 'max'], 'unrecognized arguments: --speed max'),
-    ],
+  'argv, complaint',
+  [
+    (['--shapes', '12x'], "argument --shapes: '12x' is not a table shape"),
+    (['--shapes', '0x8'], "argument --shapes: '0x8' is not a table shape"),
+    (['--rounds', '0'], "argument --rounds: '0' is not a positive whole number"),
+    (['--dtypes', 'int8'], "argument --dtypes: invalid choice: 'int8'"),
+    (['--train-preset', 'huge'], "argument --train-preset: invalid choice: 'huge'"),
+    (['--speed', 'max'], 'unrecognized arguments: --speed max'),
+  ],
 )
 def test_bad_input_is_one_line_on_stderr(argv, complaint, capsys):
   with pytest.raises(SystemExit) as exit_info:
@@ -46,15 +46,29 @@ def test_help_shows_every_default(capsys):
 
 
 def test_a_small_run_reports_ember_with_and_without_its_kernel(tmp_path, capsys):
-  results = bench_step.main([
-      '--shapes', '256x64', '2x64x32', '--dtypes', 'float32', 'bfloat16', '--rounds', '1',
-      '--train-preset', '', '--out', str(tmp_path),
-  ])
+  results = bench_step.main(
+    [
+      '--shapes',
+      '256x64',
+      '2x64x32',
+      '--dtypes',
+      'float32',
+      'bfloat16',
+      '--rounds',
+      '1',
+      '--train-preset',
+      '',
+      '--out',
+      str(tmp_path),
+    ]
+  )
   assert json.loads((tmp_path / 'bench_step.json').read_text()) == results
   assert results['cpu_kernel']['available'] == ember_optax.cpu_kernel_status().available
   assert [(t['shape'], t['dtype']) for t in results['tables']] == [
-      ([256, 64], 'float32'), ([256, 64], 'bfloat16'), ([2, 64, 32], 'float32'),
-      ([2, 64, 32], 'bfloat16'),
+    ([256, 64], 'float32'),
+    ([256, 64], 'bfloat16'),
+    ([2, 64, 32], 'float32'),
+    ([2, 64, 32], 'bfloat16'),
   ]
   names = ['ember', 'ember_xla', 'adamw', 'adafactor', 'sgd']
   if not results['cpu_kernel']['available']:

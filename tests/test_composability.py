@@ -14,8 +14,8 @@ import ember_optax
 def _params():
   key_table, key_bias = jax.random.split(jax.random.PRNGKey(0))
   return {
-      'table': jax.random.normal(key_table, (32, 8)),
-      'bias': jax.random.normal(key_bias, (8,)),
+    'table': jax.random.normal(key_table, (32, 8)),
+    'bias': jax.random.normal(key_bias, (8,)),
   }
 
 
@@ -76,9 +76,7 @@ def test_lax_cond_accepts_both_branches():
 
   @jax.jit
   def maybe_update(flag, state):
-    return jax.lax.cond(
-        flag, lambda s: optimizer.update(grads, s, params)[1], lambda s: s, state
-    )
+    return jax.lax.cond(flag, lambda s: optimizer.update(grads, s, params)[1], lambda s: s, state)
 
   assert int(maybe_update(True, state)[0].count) == 1
   assert int(maybe_update(False, state)[0].count) == 0
@@ -111,7 +109,7 @@ def test_inject_hyperparams_gives_same_updates():
   params = _params()
   plain = ember_optax.ember(learning_rate=3e-2, b2=0.95, weight_decay=0.1)
   injected = optax.inject_hyperparams(ember_optax.ember)(
-      learning_rate=3e-2, b2=0.95, weight_decay=0.1
+    learning_rate=3e-2, b2=0.95, weight_decay=0.1
   )
   expected, _ = _run(plain, params, 4)
   got, state = _run(injected, params, 4)
@@ -143,9 +141,7 @@ def test_apply_if_finite_skips_nan_steps():
   updates, new_state = optimizer.update(bad, state, params)
   new_params = optax.apply_updates(params, updates)
   jax.tree.map(np.testing.assert_array_equal, new_params, params)
-  jax.tree.map(
-      np.testing.assert_array_equal, new_state.inner_state, state.inner_state
-  )
+  jax.tree.map(np.testing.assert_array_equal, new_state.inner_state, state.inner_state)
   assert int(new_state.notfinite_count) == 1
 
 
@@ -156,7 +152,7 @@ def test_tree_map_params_treats_factored_statistics_as_non_params():
   optimizer = ember_optax.ember(1e-2)
   state = optimizer.init(params)
   mapped = optax.tree.map_params(
-      optimizer, lambda p: 'param-like', state, transform_non_params=lambda _: 'other'
+    optimizer, lambda p: 'param-like', state, transform_non_params=lambda _: 'other'
   )
   assert 'param-like' not in jax.tree.leaves(mapped)
   assert mapped[0].row == mapped[0].col == 'other'

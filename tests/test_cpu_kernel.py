@@ -59,22 +59,22 @@ def test_status_is_a_json_serializable_named_tuple():
 # Shapes with a ragged last vector of columns, one row, one block, several blocks
 # (float32 rows of 520 columns make blocks of 504 rows) and stacked tables.
 @pytest.mark.parametrize(
-    'shape, dtype',
-    [
-        ((1, 1), jnp.float32),
-        ((7, 13), jnp.float32),
-        ((2049, 520), jnp.float32),
-        ((3, 1111, 96), jnp.bfloat16),
-        ((2, 3, 70, 9), jnp.float32),
-        # Wide rows (a Dense head (D, V)): fewer, longer blocks keep the partial sums small.
-        ((40, 70000), jnp.float32),
-        ((300, 40000), jnp.bfloat16),
-    ],
+  'shape, dtype',
+  [
+    ((1, 1), jnp.float32),
+    ((7, 13), jnp.float32),
+    ((2049, 520), jnp.float32),
+    ((3, 1111, 96), jnp.bfloat16),
+    ((2, 3, 70, 9), jnp.float32),
+    # Wide rows (a Dense head (D, V)): fewer, longer blocks keep the partial sums small.
+    ((40, 70000), jnp.float32),
+    ((300, 40000), jnp.bfloat16),
+  ],
 )
 @pytest.mark.parametrize(
-    'sums',
-    [cpu_kernel.squared_sums, squared_sums._fenced_reductions, squared_sums._two_reductions],
-    ids=['kernel', 'fenced_xla', 'two_xla'],
+  'sums',
+  [cpu_kernel.squared_sums, squared_sums._fenced_reductions, squared_sums._two_reductions],
+  ids=['kernel', 'fenced_xla', 'two_xla'],
 )
 def test_sums_match_float64_sums(shape, dtype, sums):
   grad = jax.random.normal(jax.random.PRNGKey(0), shape, dtype)
@@ -105,7 +105,7 @@ def test_kernel_propagates_non_finite_values():
 
 
 @pytest.mark.parametrize(
-    'sums', [cpu_kernel.squared_sums, squared_sums._fenced_reductions], ids=['kernel', 'fenced_xla']
+  'sums', [cpu_kernel.squared_sums, squared_sums._fenced_reductions], ids=['kernel', 'fenced_xla']
 )
 def test_sums_under_vmap_and_jvp(sums):
   grad = jax.random.normal(jax.random.PRNGKey(2), (4, 33, 17))
@@ -147,7 +147,7 @@ def test_use_cpu_kernel_switches_the_path_and_ember_takes_the_same_steps(switch,
   without_kernel = _run_ember(params)
   for a, b in zip(jax.tree.leaves(with_kernel), jax.tree.leaves(without_kernel), strict=True):
     np.testing.assert_allclose(
-        np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-7
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-7
     )
 
   switch(True)

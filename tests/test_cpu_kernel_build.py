@@ -28,7 +28,7 @@ def _environment(cache: Path, **overrides: str | None) -> dict[str, str]:
   for name in ('CXX', cpu_kernel.SWITCH_ENV, 'XLA_FLAGS'):
     env.pop(name, None)
   env.update(
-      {kernel_build.CACHE_DIR_ENV: str(cache), 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
+    {kernel_build.CACHE_DIR_ENV: str(cache), 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
   )
   for name, value in overrides.items():
     if value is None:
@@ -40,8 +40,12 @@ def _environment(cache: Path, **overrides: str | None) -> dict[str, str]:
 
 def _start(out: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
   return subprocess.Popen(
-      [sys.executable, str(ROOT / 'tests' / 'kernel_probe.py'), str(out), *args],
-      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    [sys.executable, str(ROOT / 'tests' / 'kernel_probe.py'), str(out), *args],
+    env=env,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
   )
 
 
@@ -75,7 +79,7 @@ def _cache_files(cache: Path) -> list[str]:
 
 
 def test_first_use_compiles_into_an_empty_cache_and_a_second_process_reuses_it(
-    tmp_path, expected_steps
+  tmp_path, expected_steps
 ):
   cache = tmp_path / 'cache'
   first, steps = _probe(tmp_path / 'first', _environment(cache))
@@ -116,7 +120,7 @@ def _fallback_checks(report, steps, expected_steps, *phrases):
   assert not status['available'] and status['enabled']
   assert not report['calls_kernel']
   # One warning per process, though two tables of two dtypes were stepped.
-  assert report['warnings'] == [f"ember_optax: {status['reason']}"]
+  assert report['warnings'] == [f'ember_optax: {status["reason"]}']
   for phrase in phrases:
     assert phrase in status['reason']
   assert 'XLA reductions' in status['reason']
@@ -125,7 +129,7 @@ def _fallback_checks(report, steps, expected_steps, *phrases):
 
 @pytest.mark.parametrize('how', ['CXX is a failing program', 'no compiler on PATH'])
 def test_without_a_compiler_ember_falls_back_with_one_warning_and_the_same_results(
-    tmp_path, expected_steps, how
+  tmp_path, expected_steps, how
 ):
   if how == 'CXX is a failing program':
     env = _environment(tmp_path / 'cache', CXX=shutil.which('false'))
@@ -143,9 +147,9 @@ def test_without_a_compiler_ember_falls_back_with_one_warning_and_the_same_resul
 def test_a_failed_compile_falls_back(tmp_path, expected_steps):
   compiler = tmp_path / 'broken-c++'
   compiler.write_text(
-      '#!/bin/sh\n'
-      'if [ "$1" = --version ]; then echo "broken-c++ 1.0"; exit 0; fi\n'
-      'echo "squared_sums.cc:1:1: error: this compiler only pretends" >&2; exit 1\n'
+    '#!/bin/sh\n'
+    'if [ "$1" = --version ]; then echo "broken-c++ 1.0"; exit 0; fi\n'
+    'echo "squared_sums.cc:1:1: error: this compiler only pretends" >&2; exit 1\n'
   )
   compiler.chmod(0o755)
   report, steps = _probe(tmp_path / 'out', _environment(tmp_path / 'cache', CXX=str(compiler)))
@@ -174,7 +178,7 @@ def test_a_registration_that_jaxlib_rejects_falls_back(tmp_path, expected_steps)
   assert '#define XLA_FFI_API_MINOR ' in text
   c_api.write_text(text.replace('#define XLA_FFI_API_MINOR ', '#define XLA_FFI_API_MINOR 999 //'))
   report, steps = _probe(
-      tmp_path / 'out', _environment(tmp_path / 'cache'), '--include-dir', str(headers)
+    tmp_path / 'out', _environment(tmp_path / 'cache'), '--include-dir', str(headers)
   )
   _fallback_checks(report, steps, expected_steps, 'rejected', 'RuntimeError', 'API version')
 

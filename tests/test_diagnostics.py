@@ -11,7 +11,6 @@ from ember_optax import diagnostics
 
 
 class TestRowStepRatios:
-
   def test_uniform_steps_have_ratio_one(self):
     update = jnp.full((50, 8), 0.3)
     np.testing.assert_allclose(diagnostics.row_step_ratios(update), np.ones(50), rtol=1e-6)
@@ -20,19 +19,20 @@ class TestRowStepRatios:
     # RMS per row: 1, 2, 1, 100, 0; the median over moving rows (1, 1, 2, 100) is 1.5.
     update = jnp.array([[1.0, -1.0], [2.0, 2.0], [-1.0, 1.0], [100.0, 100.0], [0.0, 0.0]])
     np.testing.assert_allclose(
-        diagnostics.row_step_ratios(update), [1 / 1.5, 2 / 1.5, 1 / 1.5, 100 / 1.5, 0.0],
-        rtol=1e-6,
+      diagnostics.row_step_ratios(update),
+      [1 / 1.5, 2 / 1.5, 1 / 1.5, 100 / 1.5, 0.0],
+      rtol=1e-6,
     )
 
   def test_token_axis_one_matches_transpose(self):
     update = jax.random.normal(jax.random.key(0), (40, 6))
     np.testing.assert_allclose(
-        diagnostics.row_step_ratios(update.T, token_axis=1),
-        diagnostics.row_step_ratios(update),
-        rtol=1e-6,
+      diagnostics.row_step_ratios(update.T, token_axis=1),
+      diagnostics.row_step_ratios(update),
+      rtol=1e-6,
     )
     np.testing.assert_allclose(
-        diagnostics.row_rms(update.T, token_axis=-1), diagnostics.row_rms(update), rtol=1e-6
+      diagnostics.row_rms(update.T, token_axis=-1), diagnostics.row_rms(update), rtol=1e-6
     )
 
   def test_where_selects_reference_rows(self):
@@ -43,8 +43,9 @@ class TestRowStepRatios:
   def test_scale_invariant(self):
     update = jax.random.normal(jax.random.key(1), (30, 4))
     np.testing.assert_allclose(
-        diagnostics.row_step_ratios(1e-4 * update), diagnostics.row_step_ratios(update),
-        rtol=1e-5,
+      diagnostics.row_step_ratios(1e-4 * update),
+      diagnostics.row_step_ratios(update),
+      rtol=1e-5,
     )
 
   def test_no_moving_row_gives_nan(self):
@@ -54,9 +55,9 @@ class TestRowStepRatios:
     update = jax.random.normal(jax.random.key(2), (64, 8))
     mask = jnp.arange(64) % 2 == 0
     np.testing.assert_allclose(
-        jax.jit(diagnostics.row_step_ratios)(update, where=mask),
-        diagnostics.row_step_ratios(update, where=mask),
-        rtol=1e-6,
+      jax.jit(diagnostics.row_step_ratios)(update, where=mask),
+      diagnostics.row_step_ratios(update, where=mask),
+      rtol=1e-6,
     )
 
   def test_rejects_non_matrix(self):
@@ -65,7 +66,6 @@ class TestRowStepRatios:
 
 
 class TestTrajectories:
-
   def test_straight_line_scores_one(self):
     direction = jnp.array([0.3, -1.0, 2.0])
     # Uneven steps along one direction: still a straight ray.
@@ -108,10 +108,10 @@ class TestTrajectories:
     # The same snapshots stored as (T, D, V), like an LM head kernel.
     transposed = jnp.swapaxes(snapshots, 1, 2)
     np.testing.assert_allclose(
-        diagnostics.trajectory_straightness(transposed, token_axis=1), s, rtol=1e-6
+      diagnostics.trajectory_straightness(transposed, token_axis=1), s, rtol=1e-6
     )
     np.testing.assert_allclose(
-        diagnostics.trajectory_principal_share(transposed, token_axis=1), share, rtol=1e-6
+      diagnostics.trajectory_principal_share(transposed, token_axis=1), share, rtol=1e-6
     )
 
   def test_random_walk_is_not_straight(self):
@@ -124,7 +124,6 @@ class TestTrajectories:
 
 
 class TestEffectiveRank:
-
   def test_rank_one_is_one(self):
     u = jax.random.normal(jax.random.key(0), (200,))
     v = jax.random.normal(jax.random.key(1), (16,))
@@ -165,18 +164,22 @@ class TestEffectiveRank:
 
 def _params(vocab=1000, width=64):
   return {
-      'embed': {'embedding': jnp.zeros((vocab, width))},
-      'mlp': {'kernel': jnp.zeros((width, 2 * width)), 'bias': jnp.zeros(2 * width)},
-      'lm_head': {'kernel': jnp.zeros((width, vocab))},
+    'embed': {'embedding': jnp.zeros((vocab, width))},
+    'mlp': {'kernel': jnp.zeros((width, 2 * width)), 'bias': jnp.zeros(2 * width)},
+    'lm_head': {'kernel': jnp.zeros((width, vocab))},
   }
 
 
 class TestStateBytes:
-
   def test_tree_bytes(self):
-    tree = {'a': jnp.zeros((3, 4), jnp.float32), 'b': np.zeros(5, np.float64),
-            'c': jax.ShapeDtypeStruct((2, 2), jnp.bfloat16), 'd': None, 'e': 3,
-            'f': optax.MaskedNode()}
+    tree = {
+      'a': jnp.zeros((3, 4), jnp.float32),
+      'b': np.zeros(5, np.float64),
+      'c': jax.ShapeDtypeStruct((2, 2), jnp.bfloat16),
+      'd': None,
+      'e': 3,
+      'f': optax.MaskedNode(),
+    }
     assert diagnostics.tree_bytes(tree) == 3 * 4 * 4 + 5 * 8 + 2 * 2 * 2
 
   def test_adam_is_two_floats_per_parameter(self):
@@ -204,26 +207,22 @@ class TestStateBytes:
     labels = ember_optax.token_table_labels(params)
     groups = diagnostics.state_bytes_by_group(optax.adamw(1e-3).init(params), labels)
     assert groups == {
-        'token_table': 4 * 2 * (2 * vocab * width),
-        'body': 4 * 2 * (width * 2 * width + 2 * width),
-        'other': 4,
+      'token_table': 4 * 2 * (2 * vocab * width),
+      'body': 4 * 2 * (width * 2 * width + 2 * width),
+      'other': 4,
     }
 
   def test_partition_with_labels_and_custom_names(self):
     params = _params()
     labels = jax.tree.map(lambda _: 'frozen', params)
     labels['embed']['embedding'] = 'tables'
-    tx = optax.partition(
-        {'tables': optax.adam(1e-3), 'frozen': optax.set_to_zero()}, labels
-    )
+    tx = optax.partition({'tables': optax.adam(1e-3), 'frozen': optax.set_to_zero()}, labels)
     groups = diagnostics.state_bytes_by_group(tx.init(params), labels)
     assert groups == {'frozen': 0, 'tables': 4 * 2 * 1000 * 64 + 4}
 
   def test_chained_partition_is_found(self):
     params = _params()
-    tx = optax.chain(
-        optax.clip_by_global_norm(1.0), ember_optax.ember_adamw(1e-3, vocab_size=1000)
-    )
+    tx = optax.chain(optax.clip_by_global_norm(1.0), ember_optax.ember_adamw(1e-3, vocab_size=1000))
     groups = diagnostics.state_bytes_by_group(tx.init(params))
     assert set(groups) == {'token_table', 'body'}
 
@@ -235,14 +234,14 @@ class TestStateBytes:
     params = _params(100, 8)
     labels = ember_optax.token_table_labels(params)
     assert diagnostics.group_sizes(params, labels) == {
-        'token_table': 2 * 100 * 8, 'body': 8 * 16 + 16
+      'token_table': 2 * 100 * 8,
+      'body': 8 * 16 + 16,
     }
 
   def test_nnx_optimizer_state(self):
     nnx = pytest.importorskip('flax.nnx')
 
     class Model(nnx.Module):
-
       def __init__(self, rngs):
         self.embed = nnx.Embed(500, 16, rngs=rngs)
         self.mlp = nnx.Linear(16, 32, rngs=rngs)
@@ -252,7 +251,8 @@ class TestStateBytes:
     labels = ember_optax.token_table_labels(params)
     split = nnx.Optimizer(model, ember_optax.ember_adamw(1e-3), wrt=nnx.Param)
     assert diagnostics.state_bytes_by_group(split.opt_state) == {
-        'token_table': 4 * (500 + 16 + 1 + 1), 'body': 4 * (2 * (16 * 32 + 32) + 1),
+      'token_table': 4 * (500 + 16 + 1 + 1),
+      'body': 4 * (2 * (16 * 32 + 32) + 1),
     }
     adam = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
     groups = diagnostics.state_bytes_by_group(adam.opt_state, labels)

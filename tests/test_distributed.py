@@ -42,8 +42,12 @@ def eight_devices(tmp_path_factory):
   """``(report, out_dir)`` of ``tests/multidevice_checks.py`` run on 8 CPU devices."""
   out = tmp_path_factory.mktemp('eight_devices')
   proc = subprocess.run(
-      [sys.executable, str(ROOT / 'tests' / 'multidevice_checks.py'), str(out)],
-      env=_env(8), cwd=ROOT, capture_output=True, text=True, timeout=400,
+    [sys.executable, str(ROOT / 'tests' / 'multidevice_checks.py'), str(out)],
+    env=_env(8),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=400,
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   report = json.loads((out / 'report.json').read_text())
@@ -68,15 +72,14 @@ def test_sharded_table_matches_one_device(eight_devices, layout):
   # Statistics laid out like the table axes they keep.
   for statistic in ('row', 'col', 'scale'):
     assert result['specs'][statistic].replace('None,', '').replace('(None)', '()') == (
-        result['expected_specs'][statistic].replace('None,', '').replace('(None)', '()')
+      result['expected_specs'][statistic].replace('None,', '').replace('(None)', '()')
     ), (statistic, result['specs'])
   # Same numbers as this single-device process, which runs the single-pass CPU kernel.
   _, _, shape, _ = checks.LAYOUTS[layout]
   table, grads = checks.table_problem(tuple(shape))
   tx = checks.table_optimizer()
   params, state = table, tx.init(table)
-  step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-      *tx.update(g, s, p)))
+  step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
   for grad in grads:
     params, state = step(params, state, grad)
   sharded = np.load(out / f'layout_{layout}.npz')
@@ -124,7 +127,7 @@ def test_ember_adamw_step_on_gpt_moves_only_vectors(eight_devices, layout):
 def _single_device_gpt(layout: str) -> dict[str, np.ndarray]:
   mesh = jax.make_mesh((1,), ('x',), axis_types=(jax.sharding.AxisType.Auto,))
   params, _, _ = distributed.train(
-      distributed.tiny_config(), mesh=mesh, layout=layout, steps=checks.STEPS
+    distributed.tiny_config(), mesh=mesh, layout=layout, steps=checks.STEPS
   )
   return distributed.flatten(params)
 
@@ -168,7 +171,9 @@ def test_orbax_checkpoint_restores_onto_another_layout_and_continues_bitwise(eig
   assert result['restored_a_equal']
   assert result['restored_b_equal']
   assert result['restored_b_specs'] == {
-      'embedding': "P(None, 'model')", 'row': 'P(None,)', 'col': "P('model',)"
+    'embedding': "P(None, 'model')",
+    'row': 'P(None,)',
+    'col': "P('model',)",
   }
   assert result['continued_bitwise']
   assert result['continued_on_b_max_abs_diff'] < 1e-5
@@ -177,11 +182,11 @@ def test_orbax_checkpoint_restores_onto_another_layout_and_continues_bitwise(eig
 def test_nnx_optimizer_shards_statistics_from_param_metadata(eight_devices):
   result = _result(eight_devices[0], 'nnx_optimizer')
   assert result == {
-      'row': "P('model',)",
-      'col': "P('data',)",
-      'scale': 'P()',
-      'row_metadata': "P('model',)",
-      'col_metadata': "P('data',)",
+    'row': "P('model',)",
+    'col': "P('data',)",
+    'scale': 'P()',
+    'row_metadata': "P('model',)",
+    'col_metadata': "P('data',)",
   }
 
 
@@ -197,13 +202,31 @@ def test_two_processes_match_one_process_with_8_devices(eight_devices, tmp_path)
   port = _free_port()
   result = tmp_path / 'two_processes.npz'
   procs = [
-      subprocess.Popen(
-          [sys.executable, '-m', 'models.distributed', '--layout', 'vocab',
-           '--steps', str(checks.STEPS), '--coordinator', f'127.0.0.1:{port}',
-           '--num-processes', '2', '--process-id', str(i), '--out', str(result)],
-          env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      )
-      for i in range(2)
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'models.distributed',
+        '--layout',
+        'vocab',
+        '--steps',
+        str(checks.STEPS),
+        '--coordinator',
+        f'127.0.0.1:{port}',
+        '--num-processes',
+        '2',
+        '--process-id',
+        str(i),
+        '--out',
+        str(result),
+      ],
+      env=_env(4),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
   ]
   logs = []
   try:

@@ -21,17 +21,19 @@ def _reference_step(param, grad, row, col, scale, t, lr, b2, eps, wd):
   row = b2 * row + (1 - b2) * g2.mean(-1)
   col = b2 * col + (1 - b2) * g2.mean(-2)
   scale = b2 * scale + (1 - b2) * g2.mean((-2, -1))
-  vhat = row[..., :, None] * col[..., None, :] / (
-      np.maximum(scale, 1e-30)[..., None, None] * (1 - b2**t)
+  vhat = (
+    row[..., :, None]
+    * col[..., None, :]
+    / (np.maximum(scale, 1e-30)[..., None, None] * (1 - b2**t))
   )
   return param - lr * (grad / (np.sqrt(vhat) + eps) + wd * param), row, col, scale
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c['name'] for c in CASES])
 def test_reproduces_reference_trajectories(case):
-  data = np.load(GOLDEN / f"{case['name']}.npz")
+  data = np.load(GOLDEN / f'{case["name"]}.npz')
   optimizer = ember_optax.ember(
-      case['lr'], b2=case['beta2'], eps=case['eps'], weight_decay=case['wd']
+    case['lr'], b2=case['beta2'], eps=case['eps'], weight_decay=case['wd']
   )
   params = jnp.asarray(data['params0'])
   state = optimizer.init(params)
@@ -45,7 +47,7 @@ def test_reproduces_reference_trajectories(case):
     params, state = step(params, state, jnp.asarray(data['grads'][t]))
     expected = data['params'][t]
     np.testing.assert_allclose(
-        params, expected, rtol=1e-5, atol=2e-6 * np.abs(expected).max(), err_msg=f'step {t}'
+      params, expected, rtol=1e-5, atol=2e-6 * np.abs(expected).max(), err_msg=f'step {t}'
     )
   ember_state = state[0]
   assert int(ember_state.count) == int(data['count'])
@@ -81,7 +83,7 @@ def test_state_is_v_plus_d_plus_one_floats_per_table():
   params = {'embed': jnp.zeros((1000, 64)), 'stacked': jnp.zeros((4, 300, 32))}
   state = ember_optax.scale_by_ember().init(params)
   per_leaf = jax.tree.map(
-      lambda r, c, s: r.size + c.size + s.size, state.row, state.col, state.scale
+    lambda r, c, s: r.size + c.size + s.size, state.row, state.col, state.scale
   )
   assert per_leaf == {'embed': 1000 + 64 + 1, 'stacked': 4 * (300 + 32 + 1)}
   assert state.count.shape == () and state.count.dtype == jnp.int32
@@ -103,8 +105,8 @@ def test_unfactored_leaves_use_elementwise_rule():
 
 
 @pytest.mark.parametrize(
-    'dtype, stat_dtype',
-    [(jnp.float32, jnp.float32), (jnp.bfloat16, jnp.float32), (jnp.float16, jnp.float32)],
+  'dtype, stat_dtype',
+  [(jnp.float32, jnp.float32), (jnp.bfloat16, jnp.float32), (jnp.float16, jnp.float32)],
 )
 def test_low_precision_params_keep_float32_statistics(dtype, stat_dtype):
   params = {'w': jnp.ones((16, 8), dtype), 'b': jnp.ones((8,), dtype)}
@@ -136,7 +138,7 @@ def test_state_shapes_and_dtypes_are_stable_across_steps():
   grads = jax.tree.map(jnp.ones_like, params)
   _, new_state = optimizer.update(grads, state, params)
   assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == jax.tree.map(
-      lambda x: (x.shape, x.dtype), new_state
+    lambda x: (x.shape, x.dtype), new_state
   )
 
 
@@ -163,15 +165,15 @@ def test_non_float_parameters_are_rejected_with_their_path(dtype):
 
 
 @pytest.mark.parametrize(
-    'kwargs, message',
-    [
-        ({'b2': 1.0}, r'b2=1.0 is outside \[0, 1\)'),
-        ({'b2': -0.1}, r'b2=-0.1 is outside'),
-        ({'eps': -1e-8}, 'eps=-1e-08 must be a non-negative'),
-        ({'learning_rate': -1.0}, 'learning_rate=-1.0 must be a non-negative'),
-        ({'learning_rate': float('nan')}, 'learning_rate=nan must be a non-negative'),
-        ({'weight_decay': -0.1}, 'weight_decay=-0.1 must be'),
-    ],
+  'kwargs, message',
+  [
+    ({'b2': 1.0}, r'b2=1.0 is outside \[0, 1\)'),
+    ({'b2': -0.1}, r'b2=-0.1 is outside'),
+    ({'eps': -1e-8}, 'eps=-1e-08 must be a non-negative'),
+    ({'learning_rate': -1.0}, 'learning_rate=-1.0 must be a non-negative'),
+    ({'learning_rate': float('nan')}, 'learning_rate=nan must be a non-negative'),
+    ({'weight_decay': -0.1}, 'weight_decay=-0.1 must be'),
+  ],
 )
 def test_bad_hyperparameters_are_rejected_at_construction(kwargs, message):
   kwargs = {'learning_rate': 1e-3, **kwargs}

@@ -31,11 +31,15 @@ def _kernelspec_dir(root: Path) -> Path:
   """Writes a kernelspec that launches this interpreter; returns the folder for JUPYTER_PATH."""
   spec = root / 'kernels' / KERNEL_NAME
   spec.mkdir(parents=True, exist_ok=True)
-  (spec / 'kernel.json').write_text(json.dumps({
-      'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-      'display_name': 'ember-optax test kernel',
-      'language': 'python',
-  }))
+  (spec / 'kernel.json').write_text(
+    json.dumps(
+      {
+        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+        'display_name': 'ember-optax test kernel',
+        'language': 'python',
+      }
+    )
+  )
   return root
 
 
@@ -48,7 +52,7 @@ def execute_notebook(path: Path, size: str, timeout: int = 900):
   with tempfile.TemporaryDirectory() as tmp:
     saved = {k: os.environ.get(k) for k in ('JUPYTER_PATH', 'EMBER_NOTEBOOK_SIZE', 'MPLBACKEND')}
     os.environ['JUPYTER_PATH'] = os.pathsep.join(
-        filter(None, [str(_kernelspec_dir(Path(tmp))), saved['JUPYTER_PATH']])
+      filter(None, [str(_kernelspec_dir(Path(tmp))), saved['JUPYTER_PATH']])
     )
     os.environ['EMBER_NOTEBOOK_SIZE'] = size
     # The kernel picks its inline backend itself; a non-interactive MPLBACKEND from the caller
@@ -56,9 +60,11 @@ def execute_notebook(path: Path, size: str, timeout: int = 900):
     os.environ.pop('MPLBACKEND', None)
     try:
       client = nbclient.NotebookClient(
-          nb, kernel_name=KERNEL_NAME, timeout=timeout,
-          # Run from the repository root, so `models` imports even without an install.
-          resources={'metadata': {'path': str(REPO)}},
+        nb,
+        kernel_name=KERNEL_NAME,
+        timeout=timeout,
+        # Run from the repository root, so `models` imports even without an install.
+        resources={'metadata': {'path': str(REPO)}},
       )
       client.execute()
     finally:
@@ -81,8 +87,11 @@ def test_there_are_notebooks():
 def test_notebook_runs_at_small_size(path):
   nb = execute_notebook(path, 'small', timeout=300)
   errors = [
-      out for cell in nb.cells if cell.cell_type == 'code'
-      for out in cell.get('outputs', []) if out.get('output_type') == 'error'
+    out
+    for cell in nb.cells
+    if cell.cell_type == 'code'
+    for out in cell.get('outputs', [])
+    if out.get('output_type') == 'error'
   ]
   assert not errors
 
@@ -98,11 +107,12 @@ def test_committed_notebook_carries_full_run_outputs(path):
   assert all(counts), f'{path.name}: some cells have no outputs; re-run it at full size'
   assert counts == sorted(counts)
   assert any('image/png' in out.get('data', {}) for c in code for out in c.get('outputs', [])), (
-      f'{path.name} has no plot in its outputs'
+    f'{path.name} has no plot in its outputs'
   )
   text = ''.join(
-      out.get('text', '') if isinstance(out.get('text', ''), str) else ''.join(out['text'])
-      for c in code for out in c.get('outputs', [])
+    out.get('text', '') if isinstance(out.get('text', ''), str) else ''.join(out['text'])
+    for c in code
+    for out in c.get('outputs', [])
   )
   assert 'size=small' not in text, f'{path.name} carries outputs of a small run'
 
@@ -118,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     nb = execute_notebook(path, args.size, timeout=1800)
     nbformat.write(nb, path)
-    print(f'{path}: executed at size={args.size} in {time.perf_counter() - start:.0f}s',
-          flush=True)
+    print(f'{path}: executed at size={args.size} in {time.perf_counter() - start:.0f}s', flush=True)
 
 
 if __name__ == '__main__':

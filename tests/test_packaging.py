@@ -20,18 +20,33 @@ import ember_optax
 ROOT = Path(__file__).resolve().parents[1]
 # What the sdist's own test run covers: the golden trajectories, the kernel built
 # from the sdist's source, the README's snippets and the reference models.
-SDIST_TESTS = ('tests/test_ember.py', 'tests/test_cpu_kernel.py', 'tests/test_readme.py',
-               'tests/test_routing.py')
-_NOT_SOURCE = ('.git', '.venv*', 'build', 'dist', '*.egg-info', '__pycache__', '.pytest_cache',
-               '.ruff_cache')
+SDIST_TESTS = (
+  'tests/test_ember.py',
+  'tests/test_cpu_kernel.py',
+  'tests/test_readme.py',
+  'tests/test_routing.py',
+)
+_NOT_SOURCE = (
+  '.git',
+  '.venv*',
+  'build',
+  'dist',
+  '*.egg-info',
+  '__pycache__',
+  '.pytest_cache',
+  '.ruff_cache',
+)
 
 
 def _checkout_files() -> list[str] | None:
   """The files git tracks, or would (untracked but not ignored); None outside a checkout."""
   try:
     listed = subprocess.run(
-        ['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+      ['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=True,
     )
   except (OSError, subprocess.CalledProcessError):
     return None
@@ -40,8 +55,10 @@ def _checkout_files() -> list[str] | None:
 
 def _build(kind: str, source: Path, out: Path) -> Path:
   result = subprocess.run(
-      [sys.executable, '-m', 'build', f'--{kind}', '--outdir', str(out), str(source)],
-      capture_output=True, text=True, timeout=600,
+    [sys.executable, '-m', 'build', f'--{kind}', '--outdir', str(out), str(source)],
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   (built,) = out.iterdir()
@@ -55,7 +72,7 @@ def test_the_repository_holds_no_vendored_source():
   assert not [f for f in files if 'third_party' in f or f.endswith(('.h', '.hh', '.hpp'))]
   # The one C++ file is the kernel, which includes the FFI headers that jaxlib installs.
   assert [f for f in files if f.endswith(('.c', '.cc', '.cpp'))] == [
-      'ember_optax/_src/csrc/squared_sums.cc'
+    'ember_optax/_src/csrc/squared_sums.cc'
   ]
 
 
@@ -72,8 +89,10 @@ def test_wheel_is_pure_python_and_holds_only_the_library(tmp_path):
   # Files an earlier build left in build/ (a compiled kernel, a package since
   # dropped from the wheel) must not reach the new wheel.
   stale = source / 'build' / 'lib'
-  for name in ('ember_optax/_src/_squared_sums_cpu.cpython-311-x86_64-linux-gnu.so',
-               'models/__init__.py'):
+  for name in (
+    'ember_optax/_src/_squared_sums_cpu.cpython-311-x86_64-linux-gnu.so',
+    'models/__init__.py',
+  ):
     (stale / name).parent.mkdir(parents=True)
     (stale / name).write_bytes(b'stale')
 
@@ -106,13 +125,21 @@ def test_sdist_carries_its_tests_and_they_pass(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(root), EMBER_OPTAX_CACHE_DIR=str(tmp_path / 'cache'))
   env.pop('EMBER_OPTAX_CPU_KERNEL', None)
   where = subprocess.run(
-      [sys.executable, '-c', 'import ember_optax; print(ember_optax.__file__)'],
-      cwd=root, env=env, capture_output=True, text=True, check=True,
+    [sys.executable, '-c', 'import ember_optax; print(ember_optax.__file__)'],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
   )
   assert Path(where.stdout.strip()).is_relative_to(root)
   result = subprocess.run(
-      [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *SDIST_TESTS],
-      cwd=root, env=env, capture_output=True, text=True, timeout=900,
+    [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *SDIST_TESTS],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
   # The kernel was compiled from the sdist's own source.

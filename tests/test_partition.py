@@ -17,12 +17,14 @@ def _params():
   key = jax.random.PRNGKey(0)
   k1, k2, k3, k4 = jax.random.split(key, 4)
   return {
-      'embed': {'embedding': jax.random.normal(k1, (VOCAB, WIDTH))},
-      'mlp': {'kernel': jax.random.normal(k2, (WIDTH, 2 * WIDTH)) * 0.1,
-              'bias': jnp.zeros(2 * WIDTH)},
-      'norm': {'scale': jnp.ones(2 * WIDTH)},
-      'lm_head': {'kernel': jax.random.normal(k3, (2 * WIDTH, VOCAB)) * 0.1},
-      'per_layer': {'input_embedding': jax.random.normal(k4, (VOCAB, 2, 4))},
+    'embed': {'embedding': jax.random.normal(k1, (VOCAB, WIDTH))},
+    'mlp': {
+      'kernel': jax.random.normal(k2, (WIDTH, 2 * WIDTH)) * 0.1,
+      'bias': jnp.zeros(2 * WIDTH),
+    },
+    'norm': {'scale': jnp.ones(2 * WIDTH)},
+    'lm_head': {'kernel': jax.random.normal(k3, (2 * WIDTH, VOCAB)) * 0.1},
+    'per_layer': {'input_embedding': jax.random.normal(k4, (VOCAB, 2, 4))},
   }
 
 
@@ -79,7 +81,8 @@ def test_inject_hyperparams_steps_under_jit_as_the_plain_optimizer(vocab_size):
 def test_inject_hyperparams_schedules_ember_numbers_and_changes_them_in_the_state():
   schedule = optax.linear_schedule(3e-3, 0.0, 5)
   injected = optax.inject_hyperparams(ember_optax.ember_adamw)(
-      schedule, vocab_size=VOCAB, ember_learning_rate=1e-2)
+    schedule, vocab_size=VOCAB, ember_learning_rate=1e-2
+  )
   _, state, _ = _train(injected, steps=2)
   # The rate of the last step taken (the second, count 1).
   assert float(state.hyperparams['learning_rate']) == pytest.approx(float(schedule(1)))
@@ -91,7 +94,8 @@ def test_init_under_jit_with_an_injected_vocab_size_names_static_args():
   with pytest.raises(TypeError, match=r"static_args=\('vocab_size',\)"):
     _train(injected, jit_init=True)
   static = optax.inject_hyperparams(ember_optax.ember_adamw, static_args=('vocab_size',))(
-      3e-3, vocab_size=VOCAB)
+    3e-3, vocab_size=VOCAB
+  )
   got, _, _ = _train(static, jit_init=True)
   want, _, _ = _train(ember_optax.ember_adamw(3e-3, vocab_size=VOCAB))
   _assert_trees_close(got, want)
@@ -100,7 +104,8 @@ def test_init_under_jit_with_an_injected_vocab_size_names_static_args():
 def test_callables_under_inject_hyperparams_are_named_in_static_args():
   labels = functools.partial(ember_optax.token_table_labels, vocab_size=VOCAB)
   injected = optax.inject_hyperparams(ember_optax.ember_adamw, static_args=('labels',))(
-      3e-3, labels=labels)
+    3e-3, labels=labels
+  )
   got, _, _ = _train(injected)
   want, _, _ = _train(ember_optax.ember_adamw(3e-3, labels=labels))
   _assert_trees_close(got, want)
@@ -108,8 +113,9 @@ def test_callables_under_inject_hyperparams_are_named_in_static_args():
 
 def test_ember_adamw_is_ember_partition_with_an_adamw_body():
   got, _, _ = _train(ember_optax.ember_adamw(3e-3, vocab_size=VOCAB, weight_decay=0.1))
-  want, _, _ = _train(ember_optax.ember_partition(
-      optax.adamw(3e-3, weight_decay=0.1), 3e-3, vocab_size=VOCAB))
+  want, _, _ = _train(
+    ember_optax.ember_partition(optax.adamw(3e-3, weight_decay=0.1), 3e-3, vocab_size=VOCAB)
+  )
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
@@ -141,8 +147,9 @@ def test_muon_body_never_sees_a_table_and_steps_as_muon_on_the_body_alone():
 
 
 def test_muon_body_trains():
-  _, _, losses = _train(ember_optax.ember_partition(optax.contrib.muon(0.02), 1e-2,
-                                                    vocab_size=VOCAB), steps=20)
+  _, _, losses = _train(
+    ember_optax.ember_partition(optax.contrib.muon(0.02), 1e-2, vocab_size=VOCAB), steps=20
+  )
   assert losses[-1] < 0.8 * losses[0]
 
 
@@ -156,6 +163,7 @@ def test_update_routes_as_init_did():
 
 def test_labels_naming_no_table_are_refused_at_init():
   optimizer = ember_optax.ember_partition(
-      optax.sgd(0.1), 1e-2, labels=lambda p: jax.tree.map(lambda _: 'body', p))
+    optax.sgd(0.1), 1e-2, labels=lambda p: jax.tree.map(lambda _: 'body', p)
+  )
   with pytest.raises(ValueError, match="labels no parameter 'token_table'"):
     optimizer.init(_params())

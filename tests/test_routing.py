@@ -21,7 +21,7 @@ class LinenBlock(nn.Module):
   def __call__(self, x, tokens):
     h = nn.LayerNorm()(x)
     h = nn.MultiHeadDotProductAttention(num_heads=2, name='attention')(
-        h, mask=nn.make_causal_mask(tokens)
+      h, mask=nn.make_causal_mask(tokens)
     )
     x = x + h + nn.Embed(VOCAB, WIDTH, name='value_embed')(tokens)
     h = nn.Dense(4 * WIDTH, name='mlp_in')(nn.LayerNorm()(x))
@@ -36,11 +36,11 @@ class LinenGPT(nn.Module):
     embed = nn.Embed(VOCAB, WIDTH, name='wte')
     x = embed(tokens) + nn.Embed(LENGTH, WIDTH, name='wpe')(jnp.arange(tokens.shape[-1]))
     blocks = nn.scan(
-        LinenBlock,
-        variable_axes={'params': 0},
-        split_rngs={'params': True},
-        in_axes=nn.broadcast,
-        length=LAYERS,
+      LinenBlock,
+      variable_axes={'params': 0},
+      split_rngs={'params': True},
+      in_axes=nn.broadcast,
+      length=LAYERS,
     )(name='blocks')
     x, _ = blocks(x, tokens)
     x = nn.LayerNorm(name='ln_f')(x)
@@ -59,8 +59,8 @@ def _cross_entropy(logits, tokens):
 
 def _flat(labels):
   return {
-      '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path): label
-      for path, label in jax.tree_util.tree_leaves_with_path(labels)
+    '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path): label
+    for path, label in jax.tree_util.tree_leaves_with_path(labels)
   }
 
 
@@ -76,9 +76,9 @@ def test_linen_gpt_tables_by_name(tie):
   assert tables == expected
   assert params['blocks']['value_embed']['embedding'].shape == (LAYERS, VOCAB, WIDTH)
   assert all(
-      labels[path] == 'body'
-      for path in labels
-      if 'attention' in path or 'mlp' in path or 'bias' in path or 'scale' in path
+    labels[path] == 'body'
+    for path in labels
+    if 'attention' in path or 'mlp' in path or 'bias' in path or 'scale' in path
   )
   by_size = _flat(ember_optax.token_table_labels(params, vocab_size=VOCAB))
   assert {path for path, label in by_size.items() if label == 'token_table'} == expected
@@ -86,8 +86,12 @@ def test_linen_gpt_tables_by_name(tie):
 
 def test_linen_gpt_tables_by_vocab_size_whatever_their_names():
   params = LinenGPT().init(jax.random.PRNGKey(0), _tokens())['params']
-  renamed = {'a': params['wte']['embedding'], 'b': params['lm_head']['kernel'],
-             'c': params['blocks']['mlp_in']['kernel'], 'd': params['lm_head']['bias']}
+  renamed = {
+    'a': params['wte']['embedding'],
+    'b': params['lm_head']['kernel'],
+    'c': params['blocks']['mlp_in']['kernel'],
+    'd': params['lm_head']['bias'],
+  }
   labels = ember_optax.token_table_labels(renamed, vocab_size=VOCAB)
   assert labels == {'a': 'token_table', 'b': 'token_table', 'c': 'body', 'd': 'body'}
 
@@ -97,7 +101,7 @@ def test_linen_train_state_loop_decreases_loss():
   tokens = _tokens()
   params = model.init(jax.random.PRNGKey(0), tokens)['params']
   state = train_state.TrainState.create(
-      apply_fn=model.apply, params=params, tx=ember_optax.ember_adamw(1e-2, vocab_size=VOCAB)
+    apply_fn=model.apply, params=params, tx=ember_optax.ember_adamw(1e-2, vocab_size=VOCAB)
   )
 
   @jax.jit
@@ -142,9 +146,7 @@ def test_nnx_gpt_optimizer_routes_tables_and_trains(tie):
   model = _nnx_model(tie)
   optimizer = nnx.Optimizer(model, ember_optax.ember_adamw(1e-2), wrt=nnx.Param)
   labels = _flat(ember_optax.token_table_labels(nnx.state(model, nnx.Param)))
-  tables = {
-      path.removesuffix('/value') for path, label in labels.items() if label == 'token_table'
-  }
+  tables = {path.removesuffix('/value') for path, label in labels.items() if label == 'token_table'}
   expected = {'token_embed/embedding'}
   if not tie:
     expected.add('lm_head/kernel')
@@ -170,7 +172,7 @@ def test_ember_adamw_hyperparameters_reach_each_group():
   params = {'embed': {'embedding': jnp.ones((VOCAB, 4))}, 'mlp': {'kernel': jnp.ones((4, 4))}}
   grads = jax.tree.map(jnp.ones_like, params)
   optimizer = ember_optax.ember_adamw(
-      0.1, ember_learning_rate=0.01, weight_decay=0.0, ember_weight_decay=0.0
+    0.1, ember_learning_rate=0.01, weight_decay=0.0, ember_weight_decay=0.0
   )
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   # First steps of both are unit-sized sign steps scaled by each group's rate.
@@ -201,7 +203,7 @@ def test_label_naming_no_transform_is_rejected_with_its_path():
     ember_optax.ember_adamw(1e-3, labels={'embed': {'embedding': 'token_table'}, 'w': 'sgd'})
   with pytest.raises(ValueError, match=r"'sgd' of parameter 'w' names no transform"):
     ember_optax.ember_adamw(
-        1e-3, labels=lambda p: {'embed': {'embedding': 'token_table'}, 'w': 'sgd'}
+      1e-3, labels=lambda p: {'embed': {'embedding': 'token_table'}, 'w': 'sgd'}
     ).init(params)
 
 

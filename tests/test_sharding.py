@@ -18,28 +18,28 @@ V, D = 64, 16
 
 def _params():
   return {
-      'embed': {'embedding': jnp.zeros((V, D))},
-      'dense': {'kernel': jnp.zeros((D, D)), 'bias': jnp.zeros((D,))},
-      'stacked': {'embedding': jnp.zeros((3, V, D))},
+    'embed': {'embedding': jnp.zeros((V, D))},
+    'dense': {'kernel': jnp.zeros((D, D)), 'bias': jnp.zeros((D,))},
+    'stacked': {'embedding': jnp.zeros((3, V, D))},
   }
 
 
 SPECS = {
-    'embed': {'embedding': P('model', 'data')},
-    'dense': {'kernel': P(None, 'model'), 'bias': P('model')},
-    'stacked': {'embedding': P('layers', 'model')},
+  'embed': {'embedding': P('model', 'data')},
+  'dense': {'kernel': P(None, 'model'), 'bias': P('model')},
+  'stacked': {'embedding': P('layers', 'model')},
 }
 
 
 @pytest.mark.parametrize(
-    ('axes', 'ndim', 'row', 'col', 'scale'),
-    [
-        (('v', 'd'), 2, ('v',), ('d',), ()),
-        (('v',), 2, ('v',), (None,), ()),
-        (('l', 'v', 'd'), 3, ('l', 'v'), ('l', 'd'), ('l',)),
-        (('d',), 1, ('d',), (), ()),
-        ((), 0, (), (), ()),
-    ],
+  ('axes', 'ndim', 'row', 'col', 'scale'),
+  [
+    (('v', 'd'), 2, ('v',), ('d',), ()),
+    (('v',), 2, ('v',), (None,), ()),
+    (('l', 'v', 'd'), 3, ('l', 'v'), ('l', 'd'), ('l',)),
+    (('d',), 1, ('d',), (), ()),
+    ((), 0, (), (), ()),
+  ],
 )
 def test_statistic_axes(axes, ndim, row, col, scale):
   assert layout.statistic_axes(axes, ndim, 'row') == row
@@ -58,19 +58,19 @@ def test_ember_state_shardings_follow_the_table_axes():
   ember_state = shardings[0]
   assert ember_state.count == P()
   assert ember_state.row == {
-      'embed': {'embedding': P('model')},
-      'dense': {'kernel': P(None), 'bias': P('model')},
-      'stacked': {'embedding': P('layers', 'model')},
+    'embed': {'embedding': P('model')},
+    'dense': {'kernel': P(None), 'bias': P('model')},
+    'stacked': {'embedding': P('layers', 'model')},
   }
   assert ember_state.col == {
-      'embed': {'embedding': P('data')},
-      'dense': {'kernel': P('model'), 'bias': P()},
-      'stacked': {'embedding': P('layers', None)},
+    'embed': {'embedding': P('data')},
+    'dense': {'kernel': P('model'), 'bias': P()},
+    'stacked': {'embedding': P('layers', None)},
   }
   assert ember_state.scale == {
-      'embed': {'embedding': P()},
-      'dense': {'kernel': P(), 'bias': P()},
-      'stacked': {'embedding': P('layers')},
+    'embed': {'embedding': P()},
+    'dense': {'kernel': P(), 'bias': P()},
+    'stacked': {'embedding': P('layers')},
   }
   assert jax.tree.structure(shardings) == jax.tree.structure(state)
 
@@ -112,9 +112,9 @@ def test_named_shardings_are_ready_for_jit_and_device_put():
   state = jax.device_put(state, shardings)
   grads = jax.tree.map(jnp.ones_like, params)
   step = jax.jit(
-      lambda g, s, p: optimizer.update(g, s, p),
-      in_shardings=(p_shardings, shardings, p_shardings),
-      out_shardings=(p_shardings, shardings),
+    lambda g, s, p: optimizer.update(g, s, p),
+    in_shardings=(p_shardings, shardings, p_shardings),
+    out_shardings=(p_shardings, shardings),
   )
   updates, state = step(grads, state, params)
   assert updates['embed']['embedding'].shape == (V, D)
@@ -159,7 +159,7 @@ def test_linen_boxed_train_state_gets_statistic_partition_specs():
   def create(key):
     variables = _LogicalModel().init(key, tokens)
     return train_state.TrainState.create(
-        apply_fn=_LogicalModel().apply, params=variables['params'], tx=optimizer
+      apply_fn=_LogicalModel().apply, params=variables['params'], tx=optimizer
     )
 
   abstract = jax.eval_shape(create, jax.random.key(0))

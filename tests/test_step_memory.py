@@ -34,9 +34,16 @@ def _scratch_bytes(optimizer: optax.GradientTransformation, params) -> int:
 # Embedding tables (V, D), stacked tables, and Flax Dense heads (D, V), whose rows are wide:
 # GPT-2's and Gemma-3-1B's (abstract: nothing is allocated).
 @pytest.mark.parametrize(
-    'shape',
-    [(32768, 512), (4, 16384, 256), (50257, 768), (4, 4096, 256), (50257, 64), (768, 50257),
-     (1152, 262144)],
+  'shape',
+  [
+    (32768, 512),
+    (4, 16384, 256),
+    (50257, 768),
+    (4, 4096, 256),
+    (50257, 64),
+    (768, 50257),
+    (1152, 262144),
+  ],
 )
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_ember_step_has_no_table_sized_temporary(shape, dtype, kernel):
@@ -48,8 +55,8 @@ def test_ember_step_has_no_table_sized_temporary(shape, dtype, kernel):
 
 def test_ember_adamw_step_has_no_table_sized_temporary(kernel):
   params = {
-      'embed': {'embedding': jnp.zeros((32768, 256))},
-      'mlp': {'kernel': jnp.zeros((256, 256))},
+    'embed': {'embedding': jnp.zeros((32768, 256))},
+    'mlp': {'kernel': jnp.zeros((256, 256))},
   }
   optimizer = ember_optax.ember_adamw(1e-3, vocab_size=32768)
   temp = _scratch_bytes(optimizer, params)

@@ -16,9 +16,8 @@ def _grads(shape, steps, seed=0):
   keys = jax.random.split(jax.random.PRNGKey(seed), steps)
   # Some rows absent at each step, as tokens missing from a batch.
   return [
-      jax.random.normal(k, shape)
-      * (jax.random.uniform(k, shape[:1] + (1,) * (len(shape) - 1)) > 0.3)
-      for k in keys
+    jax.random.normal(k, shape) * (jax.random.uniform(k, shape[:1] + (1,) * (len(shape) - 1)) > 0.3)
+    for k in keys
   ]
 
 
@@ -40,9 +39,9 @@ def _floats(state):
 def test_per_layer_table_is_layers_of_vocab_by_width_tables(how):
   """Gemma 4's (V, L, P) table steps as L separate (V, P) tables under the 2-D rule."""
   kwargs = {
-      'vocab_size': {'vocab_size': VOCAB},
-      'token_axis': {'token_axis': 0},
-      'predicate': {'token_axis': lambda path, leaf: 0 if path == 'per_layer' else None},
+    'vocab_size': {'vocab_size': VOCAB},
+    'token_axis': {'token_axis': 0},
+    'predicate': {'token_axis': lambda path, leaf: 0 if path == 'per_layer' else None},
   }[how]
   params = {'per_layer': jnp.zeros((VOCAB, LAYERS, PER_LAYER))}
   grads = [{'per_layer': g} for g in _grads((VOCAB, LAYERS, PER_LAYER), 4)]
@@ -59,7 +58,7 @@ def test_per_layer_table_is_layers_of_vocab_by_width_tables(how):
   for got_step, want_step in zip(updates, want, strict=True):
     for layer in range(LAYERS):
       np.testing.assert_allclose(
-          got_step['per_layer'][:, layer], want_step[f'layer{layer}'], rtol=1e-6, atol=1e-7
+        got_step['per_layer'][:, layer], want_step[f'layer{layer}'], rtol=1e-6, atol=1e-7
       )
 
 
@@ -71,8 +70,10 @@ def test_without_the_token_axis_a_3d_table_is_factored_over_its_last_two_axes():
 
 def test_stacked_tables_and_heads_keep_their_last_two_axes_with_vocab_size():
   params = {'stacked': jnp.zeros((3, VOCAB, 16)), 'head': jnp.zeros((3, 16, VOCAB))}
-  grads = [jax.tree.map(lambda p, g=g: g[: p.size].reshape(p.shape), params)
-           for g in _grads((2 * 3 * VOCAB * 16,), 3)]
+  grads = [
+    jax.tree.map(lambda p, g=g: g[: p.size].reshape(p.shape), params)
+    for g in _grads((2 * 3 * VOCAB * 16,), 3)
+  ]
   with_size, state = _run(ember_optax.scale_by_ember(vocab_size=VOCAB), params, grads)
   without, _ = _run(ember_optax.scale_by_ember(), params, grads)
   assert state.col['stacked'].shape == (3, 16) and state.col['head'].shape == (3, VOCAB)
@@ -81,17 +82,18 @@ def test_stacked_tables_and_heads_keep_their_last_two_axes_with_vocab_size():
 
 def test_ember_adamw_finds_and_factors_the_per_layer_table():
   params = {
-      'embedder': {
-          'input_embedding': jnp.zeros((VOCAB, 32)),
-          'per_layer_input_embedding': jnp.zeros((VOCAB, LAYERS, PER_LAYER)),
-          'per_layer_model_projection': {'w': jnp.zeros((32, LAYERS, PER_LAYER))},
-      },
+    'embedder': {
+      'input_embedding': jnp.zeros((VOCAB, 32)),
+      'per_layer_input_embedding': jnp.zeros((VOCAB, LAYERS, PER_LAYER)),
+      'per_layer_model_projection': {'w': jnp.zeros((32, LAYERS, PER_LAYER))},
+    },
   }
   state = ember_optax.ember_adamw(1e-3, vocab_size=VOCAB).init(params)
   ember_state = state.inner_states[ember_optax.TABLE_LABEL].inner_state[0]
   assert ember_state.col['embedder']['per_layer_input_embedding'].shape == (LAYERS, PER_LAYER)
-  assert isinstance(ember_state.row['embedder']['per_layer_model_projection']['w'],
-                    optax.MaskedNode)
+  assert isinstance(
+    ember_state.row['embedder']['per_layer_model_projection']['w'], optax.MaskedNode
+  )
 
 
 def test_token_axis_out_of_range_names_the_parameter():

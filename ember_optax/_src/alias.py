@@ -13,14 +13,14 @@ LabelsOrFn = Any | Callable[[optax.Params], Any] | None
 
 
 def ember(
-    learning_rate: optax.ScalarOrSchedule,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    mask: MaskOrFn = None,
-    *,
-    vocab_size: int | None = None,
-    token_axis: transform.TokenAxis = None,
+  learning_rate: optax.ScalarOrSchedule,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  mask: MaskOrFn = None,
+  *,
+  vocab_size: int | None = None,
+  token_axis: transform.TokenAxis = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Ember optimizer, for a language model's token tables.
 
@@ -67,23 +67,23 @@ def ember(
   checks.check_non_negative('learning_rate', learning_rate)
   checks.check_non_negative('weight_decay', weight_decay)
   return optax.chain(
-      transform.scale_by_ember(b2=b2, eps=eps, vocab_size=vocab_size, token_axis=token_axis),
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+    transform.scale_by_ember(b2=b2, eps=eps, vocab_size=vocab_size, token_axis=token_axis),
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def ember_partition(
-    body: optax.GradientTransformation,
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    vocab_size: int | None = None,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    token_axis: transform.TokenAxis = None,
-    labels: LabelsOrFn = None,
-    is_token_table: routing.TokenTablePredicate | None = None,
+  body: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  vocab_size: int | None = None,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  token_axis: transform.TokenAxis = None,
+  labels: LabelsOrFn = None,
+  is_token_table: routing.TokenTablePredicate | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Ember on the token tables and ``body``, any Optax optimizer, on everything else.
 
@@ -146,19 +146,19 @@ def ember_partition(
   if labels is not None and not callable(labels):
     routing.check_labels(labels, allowed)
   table_optimizer = ember(
-      learning_rate,
-      b2=b2,
-      eps=eps,
-      weight_decay=weight_decay,
-      vocab_size=vocab_size,
-      token_axis=token_axis,
+    learning_rate,
+    b2=b2,
+    eps=eps,
+    weight_decay=weight_decay,
+    vocab_size=vocab_size,
+    token_axis=token_axis,
   )
   transforms = {routing.TABLE_LABEL: table_optimizer, routing.BODY_LABEL: body}
 
   def param_labels(params: optax.Params) -> Any:
     if labels is None:
       return routing.token_table_labels(
-          params, vocab_size=vocab_size, is_token_table=is_token_table
+        params, vocab_size=vocab_size, is_token_table=is_token_table
       )
     if not callable(labels):
       return labels  # Checked once, at construction.
@@ -167,8 +167,8 @@ def ember_partition(
     if routing.TABLE_LABEL not in jax.tree.leaves(result):
       # update reads the routing from Ember's statistics, so there must be some.
       raise ValueError(
-          f'ember_partition: labels(params) labels no parameter {routing.TABLE_LABEL!r}; '
-          f'label the token tables, or use the body optimizer alone.'
+        f'ember_partition: labels(params) labels no parameter {routing.TABLE_LABEL!r}; '
+        f'label the token tables, or use the body optimizer alone.'
       )
     return result
 
@@ -176,10 +176,10 @@ def ember_partition(
     return optax.partition(transforms, param_labels(params)).init(params)
 
   def update_fn(
-      updates: optax.Updates,
-      state: optax.PartitionState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
+    updates: optax.Updates,
+    state: optax.PartitionState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, optax.PartitionState]:
     if labels is not None and not callable(labels):
       routing_now = labels
@@ -199,7 +199,7 @@ def _labels_from_state(state: optax.PartitionState, updates: optax.Updates) -> A
   table_state = state.inner_states[routing.TABLE_LABEL]
   is_ember_state = lambda x: isinstance(x, transform.ScaleByEmberState)  # noqa: E731
   ember_states = [
-      x for x in jax.tree.leaves(table_state, is_leaf=is_ember_state) if is_ember_state(x)
+    x for x in jax.tree.leaves(table_state, is_leaf=is_ember_state) if is_ember_state(x)
   ]
   is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   # One entry per parameter, in order. Flax boxes may differ between the state
@@ -209,30 +209,30 @@ def _labels_from_state(state: optax.PartitionState, updates: optax.Updates) -> A
   treedef = jax.tree.structure(updates)
   if len(rows) != treedef.num_leaves:
     raise ValueError(
-        f'ember_partition: got {treedef.num_leaves} gradient leaves for the {len(rows)} '
-        f'parameters that init was given; pass gradients with the structure of the parameters.'
+      f'ember_partition: got {treedef.num_leaves} gradient leaves for the {len(rows)} '
+      f'parameters that init was given; pass gradients with the structure of the parameters.'
     )
   return treedef.unflatten(
-      [routing.BODY_LABEL if is_masked(row) else routing.TABLE_LABEL for row in rows]
+    [routing.BODY_LABEL if is_masked(row) else routing.TABLE_LABEL for row in rows]
   )
 
 
 def ember_adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    vocab_size: int | None = None,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 1e-4,
-    weight_decay_mask: MaskOrFn = None,
-    ember_learning_rate: optax.ScalarOrSchedule | None = None,
-    ember_b2: float | None = None,
-    ember_eps: float | None = None,
-    ember_weight_decay: float = 0.0,
-    token_axis: transform.TokenAxis = None,
-    labels: LabelsOrFn = None,
-    is_token_table: routing.TokenTablePredicate | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  vocab_size: int | None = None,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-4,
+  weight_decay_mask: MaskOrFn = None,
+  ember_learning_rate: optax.ScalarOrSchedule | None = None,
+  ember_b2: float | None = None,
+  ember_eps: float | None = None,
+  ember_weight_decay: float = 0.0,
+  token_axis: transform.TokenAxis = None,
+  labels: LabelsOrFn = None,
+  is_token_table: routing.TokenTablePredicate | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Ember on the token tables and :func:`optax.adamw` on everything else.
 
@@ -286,16 +286,16 @@ def ember_adamw(
   checks.check_non_negative('eps', eps)
   checks.check_non_negative('weight_decay', weight_decay)
   body = optax.adamw(
-      learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+    learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
   )
   return ember_partition(
-      body,
-      ember_learning_rate if ember_learning_rate is not None else learning_rate,
-      vocab_size=vocab_size,
-      b2=ember_b2 if ember_b2 is not None else b2,
-      eps=ember_eps if ember_eps is not None else eps,
-      weight_decay=ember_weight_decay,
-      token_axis=token_axis,
-      labels=labels,
-      is_token_table=is_token_table,
+    body,
+    ember_learning_rate if ember_learning_rate is not None else learning_rate,
+    vocab_size=vocab_size,
+    b2=ember_b2 if ember_b2 is not None else b2,
+    eps=ember_eps if ember_eps is not None else eps,
+    weight_decay=ember_weight_decay,
+    token_axis=token_axis,
+    labels=labels,
+    is_token_table=is_token_table,
   )

@@ -71,8 +71,8 @@ def check_decay(name: str, value: Any) -> None:
   number = _concrete_number(value)
   if number is not None and not 0.0 <= number < 1.0:
     raise ValueError(
-        f'{name}={value!r} is outside [0, 1). It is the decay rate of an exponential '
-        f'moving average: use a value such as 0.999.'
+      f'{name}={value!r} is outside [0, 1). It is the decay rate of an exponential '
+      f'moving average: use a value such as 0.999.'
     )
 
 
@@ -101,29 +101,26 @@ def check_float_params(params: Any, who: str) -> None:
     dtype = getattr(leaf, 'dtype', None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
-          f'{who}: parameter {path_str(path)!r} has dtype {dtype}, but only floating-point '
-          f'parameters can be optimized. Keep integer/boolean arrays out of the optimized '
-          f'pytree (e.g. store them in a non-Param variable or mask them with '
-          f'optax.partition(..., optax.set_to_zero())).'
+        f'{who}: parameter {path_str(path)!r} has dtype {dtype}, but only floating-point '
+        f'parameters can be optimized. Keep integer/boolean arrays out of the optimized '
+        f'pytree (e.g. store them in a non-Param variable or mask them with '
+        f'optax.partition(..., optax.set_to_zero())).'
       )
 
 
-def check_same_shapes(
-    reference: Any, other: Any, what: str, who: str
-) -> None:
+def check_same_shapes(reference: Any, other: Any, what: str, who: str) -> None:
   """Raises ``ValueError`` naming the first leaf whose shape differs."""
   ref_leaves = jax.tree_util.tree_leaves_with_path(reference)
   other_leaves = jax.tree.leaves(other)
   if len(ref_leaves) != len(other_leaves):
     raise ValueError(
-        f'{who}: got {len(other_leaves)} {what} leaves for {len(ref_leaves)} parameters; '
-        f'pass {what} with the same pytree structure as the parameters given to init.'
+      f'{who}: got {len(other_leaves)} {what} leaves for {len(ref_leaves)} parameters; '
+      f'pass {what} with the same pytree structure as the parameters given to init.'
     )
   for (path, ref), leaf in zip(ref_leaves, other_leaves, strict=True):
     if np.shape(ref) != np.shape(leaf):
       raise ValueError(
-          f'{who}: {what} for {path_str(path)!r} has shape {np.shape(leaf)}, but the '
-          f'optimizer state was built for shape {np.shape(ref)}. Re-run init after changing '
-          f'parameter shapes.'
+        f'{who}: {what} for {path_str(path)!r} has shape {np.shape(leaf)}, but the '
+        f'optimizer state was built for shape {np.shape(ref)}. Re-run init after changing '
+        f'parameter shapes.'
       )
-

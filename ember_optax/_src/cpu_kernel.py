@@ -29,11 +29,19 @@ _OFF_VALUES = ('0', 'false', 'off', 'no')
 _ON_VALUES = ('', '1', 'true', 'on', 'yes')
 _TARGET_NAME = 'ember_squared_sums'
 # Warnings name the first frame outside these: the user's call that traced a step.
-_LIBRARY_MODULES = ('ember_optax', 'jax', 'jaxlib', 'optax', 'flax', 'chex', 'contextlib',
-                    'functools')
+_LIBRARY_MODULES = (
+  'ember_optax',
+  'jax',
+  'jaxlib',
+  'optax',
+  'flax',
+  'chex',
+  'contextlib',
+  'functools',
+)
 _SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 _FALLBACK = (
-    'so Ember computes its statistics with XLA reductions instead (same results, slower on CPU)'
+  'so Ember computes its statistics with XLA reductions instead (same results, slower on CPU)'
 )
 
 # The kernel hands whole blocks of about this many bytes of rows to a thread,
@@ -111,8 +119,8 @@ def use_cpu_kernel(enabled: bool | None) -> None:
   global _switch
   if enabled is not None and not isinstance(enabled, bool):
     raise TypeError(
-        f'use_cpu_kernel: enabled must be True, False or None, got {enabled!r} '
-        f'({type(enabled).__name__})'
+      f'use_cpu_kernel: enabled must be True, False or None, got {enabled!r} '
+      f'({type(enabled).__name__})'
     )
   if enabled != _switch:
     _switch = enabled
@@ -130,15 +138,18 @@ def _turned_off_by() -> str | None:
   if value.strip().lower() in _OFF_VALUES:
     return f'{SWITCH_ENV}={value}'
   raise ValueError(
-      f'{SWITCH_ENV}={value!r} is not understood: set it to 0 to turn Ember\'s compiled CPU '
-      'kernel off, or to 1 (or leave it unset) to use it.'
+    f"{SWITCH_ENV}={value!r} is not understood: set it to 0 to turn Ember's compiled CPU "
+    'kernel off, or to 1 (or leave it unset) to use it.'
   )
 
 
 def _status(available: bool, reason: str, **fields) -> CpuKernelStatus:
   defaults = dict(
-      library_path=None, enabled=True, compiler=None, compile_seconds=None,
-      jaxlib_version=jax.lib.__version__,
+    library_path=None,
+    enabled=True,
+    compiler=None,
+    compile_seconds=None,
+    jaxlib_version=jax.lib.__version__,
   )
   return CpuKernelStatus(available, reason, **(defaults | fields))
 
@@ -164,14 +175,12 @@ def cpu_kernel_status() -> CpuKernelStatus:
   """
   turned_off_by = _turned_off_by()
   if turned_off_by is not None:
-    undo = (
-        'call ember_optax.use_cpu_kernel(True)' if _switch is False else f'unset {SWITCH_ENV}'
-    )
+    undo = 'call ember_optax.use_cpu_kernel(True)' if _switch is False else f'unset {SWITCH_ENV}'
     return _status(
-        False,
-        f"Ember's compiled CPU kernel is turned off by {turned_off_by}, {_FALLBACK}; {undo} "
-        'for the fast path.',
-        enabled=False,
+      False,
+      f"Ember's compiled CPU kernel is turned off by {turned_off_by}, {_FALLBACK}; {undo} "
+      'for the fast path.',
+      enabled=False,
     )
   global _loaded
   with _lock:
@@ -179,7 +188,7 @@ def cpu_kernel_status() -> CpuKernelStatus:
       _loaded = _load()
       if not _loaded.available:
         warnings.warn(
-            f'ember_optax: {_loaded.reason}', RuntimeWarning, stacklevel=_caller_stacklevel()
+          f'ember_optax: {_loaded.reason}', RuntimeWarning, stacklevel=_caller_stacklevel()
         )
   return _loaded
 
@@ -188,7 +197,7 @@ def _caller_stacklevel() -> int:
   """The stack level of the first frame outside the libraries that trace Ember's step."""
   frame, level = sys._getframe(2), 2
   while frame.f_back is not None and frame.f_globals.get('__name__', '').partition('.')[0] in (
-      _LIBRARY_MODULES
+    _LIBRARY_MODULES
   ):
     frame, level = frame.f_back, level + 1
   return level
@@ -205,8 +214,8 @@ def _load() -> CpuKernelStatus:
   Every failure is caught: Ember must keep working, whatever the machine lacks.
   """
   how_to_fix = (
-      'install a C++17 compiler (g++ or clang++, or set CXX) for the fast path, or set '
-      f'{SWITCH_ENV}=0 to choose this path without this warning'
+    'install a C++17 compiler (g++ or clang++, or set CXX) for the fast path, or set '
+    f'{SWITCH_ENV}=0 to choose this path without this warning'
   )
   try:
     build = kernel_build.build(jax.ffi.include_dir())
@@ -214,23 +223,22 @@ def _load() -> CpuKernelStatus:
     return _status(False, f"Ember's CPU kernel {error}, {_FALLBACK}; {how_to_fix}.")
   except Exception as error:  # An unforeseen failure is reported, never raised.
     return _status(
-        False,
-        f"Ember's CPU kernel was not built ({type(error).__name__}: {error}), {_FALLBACK}; "
-        f'{how_to_fix}.',
+      False,
+      f"Ember's CPU kernel was not built ({type(error).__name__}: {error}), {_FALLBACK}; "
+      f'{how_to_fix}.',
     )
-  built = dict(
-      library_path=str(build.path), compiler=build.compiler, compile_seconds=build.seconds
-  )
+  built = dict(library_path=str(build.path), compiler=build.compiler, compile_seconds=build.seconds)
   redo = (
-      f'delete {build.path} to rebuild it, set {kernel_build.CACHE_DIR_ENV} to another folder, '
-      f'or set {SWITCH_ENV}=0 to choose this path without this warning'
+    f'delete {build.path} to rebuild it, set {kernel_build.CACHE_DIR_ENV} to another folder, '
+    f'or set {SWITCH_ENV}=0 to choose this path without this warning'
   )
   try:
     handler = ctypes.CDLL(str(build.path)).EmberSquaredSums
   except (OSError, AttributeError) as error:
     return _status(
-        False, f"Ember's CPU kernel {build.path} did not load ({error}), {_FALLBACK}; {redo}.",
-        **built,
+      False,
+      f"Ember's CPU kernel {build.path} did not load ({error}), {_FALLBACK}; {redo}.",
+      **built,
     )
   try:
     # With the CPU backend up, jaxlib checks the handler now and raises
@@ -240,28 +248,26 @@ def _load() -> CpuKernelStatus:
     jax.ffi.register_ffi_target(_TARGET_NAME, jax.ffi.pycapsule(handler), platform='cpu')
   except Exception as error:
     return _status(
-        False,
-        f"jaxlib {jax.lib.__version__} rejected Ember's CPU kernel {build.path} "
-        f'({type(error).__name__}: {error}), {_FALLBACK}; {redo}.',
-        **built,
+      False,
+      f"jaxlib {jax.lib.__version__} rejected Ember's CPU kernel {build.path} "
+      f'({type(error).__name__}: {error}), {_FALLBACK}; {redo}.',
+      **built,
     )
   try:
     _check_against_numpy()
   except Exception as error:
     return _status(
-        False,
-        f"Ember's CPU kernel {build.path} failed its check against NumPy "
-        f'({type(error).__name__}: {error}), {_FALLBACK}; {redo}.',
-        **built,
-    )
-  where = (
-      f'compiled in {build.seconds:.1f} s' if build.seconds is not None else 'from the cache'
-  )
-  return _status(
-      True,
-      'Ember computes its statistics on a single CPU device with its compiled kernel '
-      f'({build.path}, built by {build.compiler} for jaxlib {jax.lib.__version__}, {where}).',
+      False,
+      f"Ember's CPU kernel {build.path} failed its check against NumPy "
+      f'({type(error).__name__}: {error}), {_FALLBACK}; {redo}.',
       **built,
+    )
+  where = f'compiled in {build.seconds:.1f} s' if build.seconds is not None else 'from the cache'
+  return _status(
+    True,
+    'Ember computes its statistics on a single CPU device with its compiled kernel '
+    f'({build.path}, built by {build.compiler} for jaxlib {jax.lib.__version__}, {where}).',
+    **built,
   )
 
 
@@ -282,13 +288,13 @@ def _call(grad: jax.Array) -> tuple[jax.Array, jax.Array]:
   max_blocks = max(1, int(_MAX_PARTIALS_SHARE * n_rows * grad.dtype.itemsize / 4))
   n_blocks = min(math.ceil(n_rows / rows_per_block), max_blocks)
   row_sums, col_partials = jax.ffi.ffi_call(
-      _TARGET_NAME,
-      (
-          jax.ShapeDtypeStruct((*leading, n_rows), jnp.float32),
-          jax.ShapeDtypeStruct((*leading, n_blocks, n_cols), jnp.float32),
-      ),
-      # The kernel treats leading axes as independent tables, batch axes too.
-      vmap_method='broadcast_all',
+    _TARGET_NAME,
+    (
+      jax.ShapeDtypeStruct((*leading, n_rows), jnp.float32),
+      jax.ShapeDtypeStruct((*leading, n_blocks, n_cols), jnp.float32),
+    ),
+    # The kernel treats leading axes as independent tables, batch axes too.
+    vmap_method='broadcast_all',
   )(grad)
   return row_sums, jnp.sum(col_partials, axis=-2)
 
@@ -308,4 +314,3 @@ def _squared_sums_jvp(primals, tangents):
   (grad,), (grad_dot,) = primals, tangents
   products = 2 * grad.astype(jnp.float32) * grad_dot.astype(jnp.float32)
   return squared_sums(grad), (jnp.sum(products, axis=-1), jnp.sum(products, axis=-2))
-

@@ -31,17 +31,17 @@ SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'squared_sums.cc'
 # Compilers tried in this order when CXX is not set.
 _COMPILER_NAMES = ('c++', 'g++', 'clang++')
 FLAGS = (
-    '-std=c++17',
-    '-O3',
-    # No fused multiply-adds, so every build sums bit for bit alike.
-    '-ffp-contract=off',
-    '-fvisibility=hidden',
-    '-fPIC',
-    '-shared',
-    # No debug information and no symbol table: the library exports one handler.
-    '-g0',
-    '-s',
-    '-Wno-psabi',  # 32-byte vectors between inline helpers, never across an ABI.
+  '-std=c++17',
+  '-O3',
+  # No fused multiply-adds, so every build sums bit for bit alike.
+  '-ffp-contract=off',
+  '-fvisibility=hidden',
+  '-fPIC',
+  '-shared',
+  # No debug information and no symbol table: the library exports one handler.
+  '-g0',
+  '-s',
+  '-Wno-psabi',  # 32-byte vectors between inline helpers, never across an ABI.
 )
 # Compiling takes seconds; a compiler still running after this is stuck.
 _COMPILE_TIMEOUT_S = 300
@@ -80,13 +80,13 @@ def find_compiler() -> Compiler:
   """The C++ compiler named by ``CXX``, else the first of c++, g++ and clang++ on ``PATH``."""
   if os.environ.get('CXX'):
     command = tuple(shlex.split(os.environ['CXX']))
-    origin = f"CXX={os.environ['CXX']!r}"
+    origin = f'CXX={os.environ["CXX"]!r}'
   else:
     found = [path for path in map(shutil.which, _COMPILER_NAMES) if path]
     if not found:
       raise BuildError(
-          f"was not built: no C++ compiler was found ({', '.join(_COMPILER_NAMES)} are not on "
-          'PATH and CXX is not set)'
+        f'was not built: no C++ compiler was found ({", ".join(_COMPILER_NAMES)} are not on '
+        'PATH and CXX is not set)'
       )
     command, origin = (found[0],), found[0]
   try:
@@ -96,8 +96,8 @@ def find_compiler() -> Compiler:
   if version.returncode != 0:
     said = version.stderr.strip().splitlines()
     raise BuildError(
-        f'was not built: the C++ compiler {origin} does not run (`--version` exited with '
-        f"status {version.returncode}{': ' + said[0] if said else ''})"
+      f'was not built: the C++ compiler {origin} does not run (`--version` exited with '
+      f'status {version.returncode}{": " + said[0] if said else ""})'
     )
   lines = version.stdout.strip().splitlines()
   return Compiler(command, lines[0].strip() if lines else origin)
@@ -117,10 +117,10 @@ def library_path(compiler: Compiler, include_dir: pathlib.Path) -> pathlib.Path:
   """Where the library built by ``compiler`` against ``include_dir`` is cached."""
   key = hashlib.sha256()
   for part in (
-      SOURCE.read_bytes(),
-      _headers_digest(include_dir),
-      '\0'.join(compiler.command + (compiler.description,) + FLAGS).encode(),
-      f'{sys.platform} {platform.machine()}'.encode(),
+    SOURCE.read_bytes(),
+    _headers_digest(include_dir),
+    '\0'.join(compiler.command + (compiler.description,) + FLAGS).encode(),
+    f'{sys.platform} {platform.machine()}'.encode(),
   ):
     key.update(part + b'\0')
   return cache_dir() / f'squared_sums-{key.hexdigest()[:20]}.so'
@@ -155,8 +155,8 @@ def build(include_dir: str | os.PathLike) -> Build:
     os.close(handle)
   except OSError as error:
     raise BuildError(
-        f'was not built: its cache folder {path.parent} is not writable ({error}); set '
-        f'{CACHE_DIR_ENV} to a writable folder'
+      f'was not built: its cache folder {path.parent} is not writable ({error}); set '
+      f'{CACHE_DIR_ENV} to a writable folder'
     ) from None
   command = [*compiler.command, *FLAGS, '-isystem', str(include_dir), str(SOURCE), '-o', temporary]
   start = time.perf_counter()
@@ -167,8 +167,8 @@ def build(include_dir: str | os.PathLike) -> Build:
       raise BuildError(f'was not built: {compiler.description} did not run ({error})') from None
     if result.returncode != 0:
       raise BuildError(
-          f'failed to compile with {compiler.description}: '
-          f'{_first_error(result.stderr + result.stdout)} (command: {shlex.join(command)})'
+        f'failed to compile with {compiler.description}: '
+        f'{_first_error(result.stderr + result.stdout)} (command: {shlex.join(command)})'
       )
     seconds = time.perf_counter() - start
     os.replace(temporary, path)

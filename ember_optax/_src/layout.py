@@ -68,21 +68,21 @@ def reduced_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
 
 
 def row_axis_from_statistics(
-    shape: Sequence[int], col_shape: Sequence[int], scale_shape: Sequence[int]
+  shape: Sequence[int], col_shape: Sequence[int], scale_shape: Sequence[int]
 ) -> int | None:
   """The row axis that statistics of these shapes were made with, or ``None`` if several fit."""
   ndim = len(shape)
   fits = [
-      axis
-      for axis in range(ndim - 1)
-      if reduced_shape(shape, (axis,)) == tuple(col_shape)
-      and reduced_shape(shape, (axis, ndim - 1)) == tuple(scale_shape)
+    axis
+    for axis in range(ndim - 1)
+    if reduced_shape(shape, (axis,)) == tuple(col_shape)
+    and reduced_shape(shape, (axis, ndim - 1)) == tuple(scale_shape)
   ]
   return fits[0] if len(fits) == 1 else None
 
 
 def statistic_axes(
-    axes: Sequence[Any], ndim: int, statistic: Statistic, row_axis: int | None = None
+  axes: Sequence[Any], ndim: int, statistic: Statistic, row_axis: int | None = None
 ) -> tuple[Any, ...]:
   """The per-axis sharding of one of Ember's statistics of a parameter.
 
@@ -124,7 +124,7 @@ def statistic_axes(
 
 
 def statistic_sharding(
-    sharding: Any, ndim: int, statistic: Statistic, row_axis: int | None = None
+  sharding: Any, ndim: int, statistic: Statistic, row_axis: int | None = None
 ) -> Any:
   """:func:`statistic_axes` for a ``PartitionSpec``, ``NamedSharding``, tuple or ``None``.
 
@@ -148,8 +148,8 @@ def statistic_sharding(
   if isinstance(sharding, tuple | list):
     return type(sharding)(statistic_axes(sharding, ndim, statistic, row_axis))
   raise TypeError(
-      f'Cannot derive the sharding of an Ember statistic from {sharding!r}: pass a '
-      'jax.sharding.NamedSharding, a PartitionSpec or a tuple of axis names.'
+    f'Cannot derive the sharding of an Ember statistic from {sharding!r}: pass a '
+    'jax.sharding.NamedSharding, a PartitionSpec or a tuple of axis names.'
   )
 
 
@@ -169,10 +169,10 @@ def is_boxed(x: Any) -> bool:
 
 
 def map_statistic(
-    fn: Callable[[jax.Array, int], jax.Array],
-    params: Any,
-    statistic: Statistic,
-    row_axis_of: RowAxisFn,
+  fn: Callable[[jax.Array, int], jax.Array],
+  params: Any,
+  statistic: Statistic,
+  row_axis_of: RowAxisFn,
 ) -> Any:
   """Maps ``fn(param, row_axis)`` over ``params``, re-annotating Flax boxes for the statistic.
 
@@ -208,9 +208,7 @@ def map_statistic(
       metadata = leaf.get_metadata()
       for key in _NNX_SHARDING_KEYS:
         if metadata.get(key) is not None:
-          new.set_metadata(
-              key, statistic_sharding(metadata[key], value.ndim, statistic, axis)
-          )
+          new.set_metadata(key, statistic_sharding(metadata[key], value.ndim, statistic, axis))
       return new
     if is_linen_box(leaf):
       value = leaf.unbox(apply_constraint=False) if _takes_apply_constraint(leaf) else leaf.unbox()
@@ -220,9 +218,7 @@ def map_statistic(
       new = leaf.replace_boxed(fn(value, axis))
       names = getattr(new, 'names', None)
       if names is not None and dataclasses.is_dataclass(new):
-        new = dataclasses.replace(
-            new, names=statistic_axes(names, value.ndim, statistic, axis)
-        )
+        new = dataclasses.replace(new, names=statistic_axes(names, value.ndim, statistic, axis))
       return new
     return fn(leaf, axis_of(path, leaf))
 

@@ -17,7 +17,8 @@ BODY_LABEL = 'body'
 # matches a whole path segment, never a substring, and only the leaf's own name
 # or its module's (``lm_head/kernel``), never a module further up: leaves of a
 # submodule inside an embedder (a projection, a norm) are not tables.
-TOKEN_TABLE_NAMES = frozenset({
+TOKEN_TABLE_NAMES = frozenset(
+  {
     'wte',
     'embed_tokens',
     'token_embed',
@@ -38,7 +39,8 @@ TOKEN_TABLE_NAMES = frozenset({
     'embed_out',
     'output_embedding',
     'output_embeddings',
-})
+  }
+)
 
 # Generic names: a leaf so named is a table (the ``embedding`` of every Flax
 # ``Embed``, Haiku's ``embeddings``), but a module so named holds a table only
@@ -50,7 +52,8 @@ _TABLE_LEAF_NAMES = frozenset({'embedding', 'embeddings', 'weight'})
 # Tables of positions or of other small index sets, not tokens (GPT-2's ``wpe``,
 # MaxText's learned positions, ViT's and lm1b's ``pos_embedding``, BERT's segment
 # types, T5's relative-position buckets), whatever the names around them.
-_NON_TOKEN_TABLE_NAMES = frozenset({
+_NON_TOKEN_TABLE_NAMES = frozenset(
+  {
     'wpe',
     'pos_embed',
     'pos_emb',
@@ -67,7 +70,8 @@ _NON_TOKEN_TABLE_NAMES = frozenset({
     'token_type_embeddings',
     'segment_embeddings',
     'relative_attention_bias',
-})
+  }
+)
 
 TokenTablePredicate = Callable[[str, Any], bool]
 
@@ -119,10 +123,10 @@ def static_vocab_size(vocab_size: Any, who: str) -> int | None:
     return None
   if isinstance(vocab_size, jax.core.Tracer):
     raise TypeError(
-        f'{who}: vocab_size arrived as a traced array, so the token tables cannot be found '
-        f'while tracing. optax.inject_hyperparams turns every number into an array: build it '
-        f"as optax.inject_hyperparams(..., static_args=('vocab_size',)), or call init outside "
-        f'jax.jit.'
+      f'{who}: vocab_size arrived as a traced array, so the token tables cannot be found '
+      f'while tracing. optax.inject_hyperparams turns every number into an array: build it '
+      f"as optax.inject_hyperparams(..., static_args=('vocab_size',)), or call init outside "
+      f'jax.jit.'
     )
   value = np.asarray(vocab_size)
   if value.ndim != 0 or not np.issubdtype(value.dtype, np.integer) or int(value) < 1:
@@ -131,10 +135,10 @@ def static_vocab_size(vocab_size: Any, who: str) -> int | None:
 
 
 def token_table_labels(
-    params: Any,
-    *,
-    vocab_size: int | None = None,
-    is_token_table: TokenTablePredicate | None = None,
+  params: Any,
+  *,
+  vocab_size: int | None = None,
+  is_token_table: TokenTablePredicate | None = None,
 ) -> Any:
   """Labels each parameter ``"token_table"`` (a token table) or ``"body"`` (the rest).
 
@@ -202,25 +206,25 @@ def _no_table_message(params: Any, vocab_size: int | None) -> str:
   adapters = [checks.path_str(path) for path, _ in leaves if is_adapter(checks.path_str(path))]
   if adapters and len(adapters) == len(leaves):
     return (
-        f'token_table_labels found no token table: the parameters are low-rank adapters only '
-        f'({", ".join(adapters[:4])}{", ..." if len(adapters) > 4 else ""}), as when a LoRA '
-        f'trainer optimizes nnx.LoRAParam alone. Ember optimizes token tables, and LoRA '
-        f'training freezes them: for adapter-only training use the body optimizer itself '
-        f'(optax.adamw, optax.contrib.muon), or make the tables trainable beside the adapters '
-        f'(for instance nnx.Optimizer(model, tx, wrt=nnx.Any(nnx.LoRAParam, <a filter for the '
-        f'embedder>))). LoRA factors of a head are never token tables.'
+      f'token_table_labels found no token table: the parameters are low-rank adapters only '
+      f'({", ".join(adapters[:4])}{", ..." if len(adapters) > 4 else ""}), as when a LoRA '
+      f'trainer optimizes nnx.LoRAParam alone. Ember optimizes token tables, and LoRA '
+      f'training freezes them: for adapter-only training use the body optimizer itself '
+      f'(optax.adamw, optax.contrib.muon), or make the tables trainable beside the adapters '
+      f'(for instance nnx.Optimizer(model, tx, wrt=nnx.Any(nnx.LoRAParam, <a filter for the '
+      f'embedder>))). LoRA factors of a head are never token tables.'
     )
   shapes = ', '.join(f'{checks.path_str(path)} {np.shape(leaf)}' for path, leaf in leaves[:8])
   found_by = (
-      f'no leaf of two or more dimensions has an axis of vocab_size={vocab_size}'
-      if vocab_size is not None
-      else 'no leaf is named like one (see ember_optax.TOKEN_TABLE_NAMES)'
+    f'no leaf of two or more dimensions has an axis of vocab_size={vocab_size}'
+    if vocab_size is not None
+    else 'no leaf is named like one (see ember_optax.TOKEN_TABLE_NAMES)'
   )
   return (
-      f'token_table_labels found no token table among the parameters '
-      f'({shapes}{", ..." if len(leaves) > 8 else ""}): {found_by}. Pass vocab_size=<your '
-      f'vocabulary size> so that tables are found by shape, or is_token_table=lambda path, '
-      f'leaf: ... , or explicit labels=.'
+    f'token_table_labels found no token table among the parameters '
+    f'({shapes}{", ..." if len(leaves) > 8 else ""}): {found_by}. Pass vocab_size=<your '
+    f'vocabulary size> so that tables are found by shape, or is_token_table=lambda path, '
+    f'leaf: ... , or explicit labels=.'
   )
 
 
@@ -229,6 +233,6 @@ def check_labels(labels: Any, allowed: frozenset[str]) -> None:
   for path, label in jax.tree_util.tree_leaves_with_path(labels):
     if label not in allowed:
       raise ValueError(
-          f'The label {label!r} of parameter {checks.path_str(path)!r} names no '
-          f'transform; use one of {sorted(allowed)}.'
+        f'The label {label!r} of parameter {checks.path_str(path)!r} names no '
+        f'transform; use one of {sorted(allowed)}.'
       )

@@ -19,10 +19,10 @@ def _is_array_like(x: Any) -> bool:
 
 
 def state_shardings(
-    opt_state: optax.OptState,
-    param_shardings: Any,
-    *,
-    mesh: Mesh | None = None,
+  opt_state: optax.OptState,
+  param_shardings: Any,
+  *,
+  mesh: Mesh | None = None,
 ) -> Any:
   """Shardings for an optimizer state, given the parameters' shardings.
 
@@ -77,9 +77,7 @@ def state_shardings(
   param_leaves = param_treedef.flatten_up_to(param_shardings)
 
   if mesh is None:
-    mesh = next(
-        (s.mesh for s in param_leaves if isinstance(s, NamedSharding)), None
-    )
+    mesh = next((s.mesh for s in param_leaves if isinstance(s, NamedSharding)), None)
   replicated = PartitionSpec() if mesh is None else NamedSharding(mesh, PartitionSpec())
 
   def finish(sharding: Any) -> Any:
@@ -101,11 +99,11 @@ def state_shardings(
         return finish(layout.statistic_sharding(sharding, len(shape), statistic, row_axis))
 
       return jax.tree.map(
-          one, param_shardings, node.row, node.col, node.scale, is_leaf=_is_sharding_leaf
+        one, param_shardings, node.row, node.col, node.scale, is_leaf=_is_sharding_leaf
       )
 
     return transform.ScaleByEmberState(
-        count=replicated, row=stats('row'), col=stats('col'), scale=stats('scale')
+      count=replicated, row=stats('row'), col=stats('col'), scale=stats('scale')
     )
 
   def params_like(node: Any) -> Any | None:

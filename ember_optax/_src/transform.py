@@ -17,6 +17,7 @@ from ember_optax._src.squared_sums import squared_sums, statistics_dtype
 # division when every gradient so far was exactly zero.
 MIN_SCALE = 1e-30
 
+
 class ScaleByEmberState(NamedTuple):
   """State of :func:`scale_by_ember`.
 
@@ -36,9 +37,7 @@ class ScaleByEmberState(NamedTuple):
 def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
   """Statistics-dtype zeros shaped (and sharded) like ``param`` summed over ``axis``."""
   # Going through eval_shape keeps sharding-in-types, as optax.factorized does.
-  target = jax.eval_shape(
-      lambda x: jnp.sum(x.astype(statistics_dtype(x.dtype)), axis=axis), param
-  )
+  target = jax.eval_shape(lambda x: jnp.sum(x.astype(statistics_dtype(x.dtype)), axis=axis), param)
   return jnp.zeros_like(target)
 
 
@@ -46,11 +45,11 @@ TokenAxis = int | Callable[[str, Any], int | None] | None
 
 
 def scale_by_ember(
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    *,
-    vocab_size: int | None = None,
-    token_axis: TokenAxis = None,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  *,
+  vocab_size: int | None = None,
+  token_axis: TokenAxis = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Ember's factored second-moment estimate.
 
@@ -173,17 +172,17 @@ def scale_by_ember(
       return layout.map_statistic(init, params, name, row_axis_of)
 
     return ScaleByEmberState(
-        count=jnp.zeros([], jnp.int32),
-        row=statistic(init_row, 'row'),
-        col=statistic(init_col, 'col'),
-        scale=statistic(init_scale, 'scale'),
+      count=jnp.zeros([], jnp.int32),
+      row=statistic(init_row, 'row'),
+      col=statistic(init_col, 'col'),
+      scale=statistic(init_scale, 'scale'),
     )
 
   def update_fn(
-      updates: optax.Updates,
-      state: ScaleByEmberState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
+    updates: optax.Updates,
+    state: ScaleByEmberState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, ScaleByEmberState]:
     del params, extra_args
     if not jax.tree.leaves(updates):
@@ -192,7 +191,7 @@ def scale_by_ember(
     boxed_updates, boxed_state = updates, state
     updates = layout.unbox(updates)
     state = ScaleByEmberState(
-        state.count, layout.unbox(state.row), layout.unbox(state.col), layout.unbox(state.scale)
+      state.count, layout.unbox(state.row), layout.unbox(state.col), layout.unbox(state.scale)
     )
     _check_updates_match_state(updates, state)
     count = optax.safe_increment(state.count)
@@ -206,19 +205,19 @@ def scale_by_ember(
         expected = layout.reduced_shape(grad.shape, (axis,))
         if col.shape != expected:
           raise ValueError(
-              f'scale_by_ember: the column statistic of {checks.path_str(path)!r} has shape '
-              f'{col.shape}, but its token axis makes it {expected}. Pass the vocab_size and '
-              f'token_axis that init was built with.'
+            f'scale_by_ember: the column statistic of {checks.path_str(path)!r} has shape '
+            f'{col.shape}, but its token axis makes it {expected}. Pass the vocab_size and '
+            f'token_axis that init was built with.'
           )
         return axis
       # The token axis is traced: the statistics' shapes tell which axis init chose.
       axis = layout.row_axis_from_statistics(grad.shape, col.shape, scale.shape)
       if axis is None:
         raise ValueError(
-            f'scale_by_ember: the token axis of {checks.path_str(path)!r} {grad.shape} cannot '
-            f'be told from its statistics while vocab_size or token_axis is traced. Build the '
-            f"optimizer as optax.inject_hyperparams(..., static_args=('vocab_size', "
-            f"'token_axis'))."
+          f'scale_by_ember: the token axis of {checks.path_str(path)!r} {grad.shape} cannot '
+          f'be told from its statistics while vocab_size or token_axis is traced. Build the '
+          f"optimizer as optax.inject_hyperparams(..., static_args=('vocab_size', "
+          f"'token_axis'))."
         )
       return axis
 
@@ -249,18 +248,18 @@ def scale_by_ember(
       return update.astype(grad.dtype), row, col, scale
 
     results = jax.tree_util.tree_map_with_path(
-        update_leaf, updates, state.row, state.col, state.scale
+      update_leaf, updates, state.row, state.col, state.scale
     )
     treedef = jax.tree.structure(updates)
     new_updates, row, col, scale = (
-        jax.tree.unflatten(treedef, parts)
-        for parts in zip(*treedef.flatten_up_to(results), strict=True)
+      jax.tree.unflatten(treedef, parts)
+      for parts in zip(*treedef.flatten_up_to(results), strict=True)
     )
     return layout.rebox_like(boxed_updates, new_updates), ScaleByEmberState(
-        count=count,
-        row=layout.rebox_like(boxed_state.row, row),
-        col=layout.rebox_like(boxed_state.col, col),
-        scale=layout.rebox_like(boxed_state.scale, scale),
+      count=count,
+      row=layout.rebox_like(boxed_state.row, row),
+      col=layout.rebox_like(boxed_state.col, col),
+      scale=layout.rebox_like(boxed_state.scale, scale),
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -282,10 +281,10 @@ def _decay_constants(b2: Any) -> tuple[Any, Any]:
 def _check_updates_match_state(updates: optax.Updates, state: ScaleByEmberState) -> None:
   """Raises (at trace time, before any state changes) if gradients don't fit the state."""
   expected = jax.tree.map(
-      lambda row, col: jax.ShapeDtypeStruct(
-          row.shape if col.ndim == 0 else row.shape + col.shape[-1:], row.dtype
-      ),
-      state.row,
-      state.col,
+    lambda row, col: jax.ShapeDtypeStruct(
+      row.shape if col.ndim == 0 else row.shape + col.shape[-1:], row.dtype
+    ),
+    state.row,
+    state.col,
   )
   checks.check_same_shapes(expected, updates, 'gradient', 'scale_by_ember')
