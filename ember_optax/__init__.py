@@ -2,7 +2,6 @@
 
 from ember_optax import diagnostics
 from ember_optax._src.alias import ember, ember_adamw, ember_partition
-from ember_optax._src.cpu_kernel import CpuKernelStatus, cpu_kernel_status, use_cpu_kernel
 from ember_optax._src.routing import (
   BODY_LABEL,
   TABLE_LABEL,
@@ -16,11 +15,9 @@ __version__ = '0.1.0'
 
 __all__ = (
   'BODY_LABEL',
-  'CpuKernelStatus',
   'ScaleByEmberState',
   'TABLE_LABEL',
   'TOKEN_TABLE_NAMES',
-  'cpu_kernel_status',
   'diagnostics',
   'ember',
   'ember_adamw',
@@ -28,5 +25,4 @@ __all__ = (
   'scale_by_ember',
   'state_shardings',
   'token_table_labels',
-  'use_cpu_kernel',
 )

@@ -1,8 +1,21 @@
-"""The command line of the training programs, derived from ``TrainConfig``'s fields.
+"""The command-line kit of every program in ``models``: flags derived from a config dataclass.
 
-Every field becomes a flag (``batch_size`` -> ``--batch-size``) with the field's help text and
-default; ``config_from_args`` maps the parsed flags back. Bad input ends in one line on stderr and
-exit status 2, never a traceback.
+A program's settings are one frozen dataclass whose fields are declared with :func:`option` (a
+default, a help text, argparse extras). :func:`add_arguments` turns every field into a flag
+(``batch_size`` -> ``--batch-size``) with its help and default, :func:`from_args` maps the parsed
+flags back to the dataclass, and :func:`run_command` runs the program so that bad input ends in
+one line on stderr and exit status 2, never a traceback.
+
+Example:
+  >>> import dataclasses
+  >>> @dataclasses.dataclass(frozen=True)
+  ... class Settings:
+  ...   steps: int = option(10, 'optimizer steps')
+  ...   names: tuple[str, ...] = option(('a',), 'names to use')
+  >>> parser = Parser(prog='demo')
+  >>> add_arguments(parser, Settings)
+  >>> from_args(parser.parse_args(['--steps', '3', '--names', 'x', 'y']), Settings)
+  Settings(steps=3, names=('x', 'y'))
 """
 
 from __future__ import annotations
@@ -14,12 +27,22 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from models.config import ConfigError, TrainConfig, flag
-from models.data import CorpusError
 
-# What a run may report as one line instead of a traceback: settings that cannot be run, a
-# corpus that cannot be trained on, and files that cannot be read or written.
-USER_ERRORS = (ConfigError, CorpusError, OSError)
+class ConfigError(ValueError):
+  """A setting or an input that cannot be run; the message names it and what to change."""
+
+
+def option(default: Any, help: str, **argparse_extras: Any) -> Any:  # noqa: A002 (argparse's name)
+  """A config field with its command-line help (and argparse extras, e.g. ``choices``)."""
+  metadata = {'help': help, **argparse_extras}
+  if isinstance(default, dict):
+    return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag(name: str) -> str:
+  """The command-line flag of a config field."""
+  return '--' + name.replace('_', '-')
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,14 +52,14 @@ class Parser(argparse.ArgumentParser):
     self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
-def _setup_value(text: str) -> tuple[str, float]:
+def _name_value(text: str) -> tuple[str, float]:
   name, sep, value = text.partition('=')
   try:
     if not sep:
       raise ValueError
     return name, float(value)
   except ValueError:
-    message = f'expects SETUP=LR, such as ember=3e-3, got {text!r}'
+    message = f'expects NAME=VALUE, such as ember=3e-3, got {text!r}'
     raise argparse.ArgumentTypeError(message) from None
 
 
@@ -44,36 +67,37 @@ def _with_default(help_text: str) -> str:
   return help_text if 'default' in help_text else f'{help_text} (default: %(default)s)'
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-  """Adds a flag for every ``TrainConfig`` field not in ``skip``."""
-  hints = typing.get_type_hints(TrainConfig)
-  for field in dataclasses.fields(TrainConfig):
+def add_arguments(
+  parser: argparse.ArgumentParser, config_class: type, skip: Sequence[str] = ()
+) -> None:
+  """Adds a flag for every field of the dataclass ``config_class`` not in ``skip``."""
+  hints = typing.get_type_hints(config_class)
+  for field in dataclasses.fields(config_class):
     if field.name in skip:
       continue
-    meta = dict(field.metadata)
-    help_text = meta.pop('help')
+    extras = dict(field.metadata)
+    help_text = extras.pop('help')
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     hint = hints[field.name]
-    kwargs: dict[str, Any] = {'default': default, **meta}
+    kwargs: dict[str, Any] = {'default': default}
     if hint is bool:
       kwargs |= {'action': argparse.BooleanOptionalAction}
     elif typing.get_origin(hint) is dict:
-      kwargs |= {'nargs': '+', 'type': _setup_value}
+      kwargs |= {'nargs': '+', 'type': _name_value}
     elif typing.get_origin(hint) is tuple:
-      item = typing.get_args(hint)[0]
-      kwargs |= {'nargs': '+', 'type': item}
+      kwargs |= {'nargs': '+', 'type': typing.get_args(hint)[0]}
     else:
       scalar = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
       kwargs |= {'type': scalar}
-    action = parser.add_argument(flag(field.name), **kwargs)
+    action = parser.add_argument(flag(field.name), **(kwargs | extras))
     # Some Pythons' BooleanOptionalAction add the default to the help themselves.
     action.help = help_text if 'default' in (action.help or '') else _with_default(help_text)
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-  """The ``TrainConfig`` of parsed flags (fields without a flag keep their defaults)."""
+def from_args(args: argparse.Namespace, config_class: type) -> Any:
+  """The ``config_class`` of parsed flags (fields without a flag keep their defaults)."""
   values = {}
-  for field in dataclasses.fields(TrainConfig):
+  for field in dataclasses.fields(config_class):
     if not hasattr(args, field.name):
       continue
     value = getattr(args, field.name)
@@ -82,14 +106,18 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     elif isinstance(value, list):
       value = tuple(value)
     values[field.name] = value
-  return TrainConfig(**{**values, **overrides})
+  return config_class(**values)
 
 
 def run_command(prog: str, main: Callable[[], Any]) -> Any:
-  """Runs ``main``; a user error or an interruption ends the process with one line on stderr."""
+  """Runs ``main``; a user error or an interruption ends the process with one line on stderr.
+
+  User errors are :class:`ConfigError` (settings or inputs that cannot be run) and ``OSError``
+  (files that cannot be read or written).
+  """
   try:
     return main()
-  except USER_ERRORS as error:
+  except (ConfigError, OSError) as error:
     print(f'{prog}: error: {error}', file=sys.stderr)
     raise SystemExit(2) from None
   except KeyboardInterrupt:

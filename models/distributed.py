@@ -35,8 +35,8 @@ import optax
 
 import ember_optax
 from ember_optax import state_shardings
-from models.gpt import GPT, GPTConfig, table_labels
-from models.presets import PRESETS
+from models.nets.gpt import GPT, GPTConfig, table_labels
+from models.training.presets import PRESETS
 
 LAYOUTS = ('replicated', 'vocab', 'fsdp')
 

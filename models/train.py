@@ -4,8 +4,8 @@
     python -m models.train --preset tiny --steps 100 --out /tmp/run
     python -m models.train --text ~/my_corpus --setups adamw ember --seeds 0 1 2
 
-The setups (``models.optimizers``) differ only on the token tables, the input embedding and the
-LM head; the body always gets AdamW. Within a seed every setup starts from the same
+The setups (``models.training.setups``) differ only on the token tables, the input embedding and
+the LM head; the body gets AdamW unless a setup names another (``ember+muon``). Within a seed every setup starts from the same
 initialization and sees the same batches in the same order, so the differences come from the
 optimizer only. Every setup clips the gradient to the same global norm, and the LM head's bias
 starts at the training set's log unigram frequencies (``--clip-norm``, ``--no-unigram-bias``).
@@ -15,75 +15,51 @@ whose id is in the less frequent half of the vocabulary by training count), and 
 optimizer-state bytes of the token tables and of the whole model. The command writes
 ``results.json`` and ``loss_curves.png`` to ``--out`` (default ``out/train/<date-time>``).
 
-Optimizer-state bytes: *whole model* is the sum of ``nbytes`` over the array leaves of the setup's
-optimizer state after ``init``. *Token tables* is the same sum for the setup's token-table
-transform (``optax.adamw``, ``ember_optax.ember`` or ``optax.adafactor``, with the run's settings)
-initialized on the token-table leaves alone (``jax.eval_shape``, nothing is allocated).
+Optimizer-state bytes, read from the run's own optimizer state after ``init``: *whole model* is
+the sum of ``nbytes`` over its array leaves; *token tables* is the part the tables keep, the
+partition's ``"token_table"`` branch, or AdamW's moments of the table leaves
+(``ember_optax.diagnostics.state_bytes_by_group``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import dataclasses
 import datetime
-import json
 from pathlib import Path
 import time
 
 import jax
 
-from models import checkpoints as checkpoints_lib
-from models import cli, reporting
-from models import data as data_lib
-from models.config import Plan, TrainConfig, resolve
-from models.gpt import count_params
-from models.training import Validation, init_model, train_one
+from models import cli
+from models.reporting import plots, results as results_lib, stats, tables
+from models.training import checkpoints as checkpoints_lib
+from models.training.config import TrainConfig, resolve
+from models.training.loop import Comparison, train_one
 
 PROG = 'python -m models.train'
 
 
-def load_corpus(plan: Plan, verbose: bool = True) -> data_lib.Corpus:
-  """The tokenized corpus of ``plan``, checked to hold at least one sequence on each side."""
-  config = plan.config
-  corpus = data_lib.load_corpus(
-    config.text,
-    vocab_size=plan.vocab_size,
-    val_fraction=config.val_fraction,
-    tokenizer_train_chars=config.tokenizer_train_chars,
-    cache_dir=config.cache_dir,
-    verbose=verbose,
-  )
-  data_lib.check_fits(corpus, plan.seq_len)
-  return corpus
-
-
-def run(
-  config: TrainConfig,
-  corpus: data_lib.Corpus | None = None,
-  verbose: bool = True,
-) -> dict:
+def run(config: TrainConfig, corpus=None, verbose: bool = True) -> dict:
   """Runs the comparison and returns its results (also written to ``config.out`` if set).
 
   Returns:
     ``{"config", "plan", "model", "data", "environment", "runs", "summary", "paired", "table",
     "paired_table", "total_time_s"}``: one ``runs`` entry per (setup, seed) (see
-    ``models.training.train_one``), per setup in ``summary`` its losses over the seeds
-    (``reporting.summarize``), and in ``paired`` Ember minus each other setup, seed by seed.
+    ``models.training.loop.train_one``), per setup in ``summary`` its losses over the seeds
+    (``reporting.stats.summarize``), and in ``paired`` Ember minus each other setup, seed by seed.
 
   Raises:
     ConfigError, CorpusError: for settings or a corpus that cannot be run, before training.
   """
   plan = resolve(config)
-  config = plan.config
-  log: Callable[..., None] = print if verbose else (lambda *a, **k: None)
-  if corpus is None:
-    corpus = load_corpus(plan, verbose)
-  else:
-    data_lib.check_fits(corpus, plan.seq_len)
+  log = print if verbose else (lambda *a, **k: None)
+  comparison = Comparison.build(plan, corpus, verbose)
+  corpus = comparison.corpus
   folder = None
-  if config.checkpoint_dir:
+  if plan.checkpoint_dir:
     folder = checkpoints_lib.open_folder(
-      config.checkpoint_dir,
+      plan.checkpoint_dir,
       {
         **plan.training_settings(),
         'learning_rates': plan.learning_rates,
@@ -91,12 +67,10 @@ def run(
         'corpus_cache': str(corpus.cache_dir),
       },
     )
-  validation = Validation.build(plan, corpus)
-  n_params = count_params(init_model(plan, 0, corpus))
   model = plan.model
   log(
-    f'[train] preset {config.preset}: {n_params:,} parameters (d_model {model.d_model}, '
-    f'{model.n_layers} layers, vocab {model.vocab_size}, '
+    f'[train] preset {config.preset}: {comparison.n_params:,} parameters (d_model '
+    f'{model.d_model}, {model.n_layers} layers, vocab {model.vocab_size}, '
     f'{"tied" if model.tie_embeddings else "untied"} head); {plan.steps} steps of '
     f'{plan.batch_size}x{plan.seq_len} tokens; corpus {corpus.info["corpus"]} '
     f'({corpus.info["train_tokens"]:,} train / {corpus.info["val_tokens"]:,} val tokens); '
@@ -104,29 +78,29 @@ def run(
   )
   started = time.perf_counter()
   runs = []
-  for seed in config.seeds:
-    for setup in config.setups:
+  for seed in plan.seeds:
+    for setup in plan.setups:
       checkpoints = None
       if folder is not None:
         checkpoints = checkpoints_lib.RunCheckpoints(
-          folder, f'{setup}-seed{seed}', config.checkpoint_every
+          folder, f'{setup.name}-seed{seed}', plan.checkpoint_every
         )
-      runs.append(train_one(plan, setup, seed, corpus, validation, checkpoints))
-  summary = reporting.summarize(runs)
-  paired = reporting.paired_differences(
+      runs.append(train_one(comparison, setup, seed, checkpoints=checkpoints, log=log))
+  summary = stats.summarize(runs)
+  paired = stats.paired_differences(
     {setup: [r for r in runs if r['setup'] == setup] for setup in summary}
   )
   results = {
-    'config': dataclasses.asdict(config),
+    'config': dataclasses.asdict(plan.config),
     'plan': {**plan.training_settings(), 'learning_rates': plan.learning_rates},
-    'model': {**dataclasses.asdict(model), 'params': n_params},
+    'model': {**dataclasses.asdict(model), 'params': comparison.n_params},
     'data': {k: v for k, v in corpus.info.items() if k != 'val_file_list'},
-    'environment': reporting.environment(corpus.cache_dir),
+    'environment': results_lib.environment(corpus.cache_dir),
     'runs': runs,
     'summary': summary,
     'paired': paired,
-    'table': reporting.format_summary(summary),
-    'paired_table': reporting.format_paired(paired),
+    'table': tables.format_summary(summary),
+    'paired_table': tables.format_paired(paired),
     'total_time_s': time.perf_counter() - started,
   }
   log('\n' + results['table'])
@@ -137,27 +111,27 @@ def run(
   )
   log(
     f'\n[train] {len(runs)} runs in {results["total_time_s"]:.0f} s; mean step time '
-    f"{step_ms} (under this machine's current load; python -m models.bench_step measures "
+    f'{step_ms} (under this machine\'s current load; python -m models.bench.step measures '
     'speed)'
   )
-  if config.out:
+  if plan.out:
     write(
       results,
-      Path(config.out),
+      Path(plan.out),
       title=(
         f'GPT {config.preset}, {corpus.info["corpus"]}, {plan.steps} steps, '
-        f'seeds {" ".join(map(str, config.seeds))}'
+        f'seeds {" ".join(map(str, plan.seeds))}'
       ),
     )
-    log(f'[train] wrote {Path(config.out) / "results.json"} and loss_curves.png')
+    log(f'[train] wrote {Path(plan.out) / "results.json"} and loss_curves.png')
   return results
 
 
 def write(results: dict, out: Path, title: str) -> None:
-  """Writes ``results.json`` and ``loss_curves.png`` to ``out``."""
+  """Writes ``results.json`` (strict JSON) and ``loss_curves.png`` to ``out``."""
   out.mkdir(parents=True, exist_ok=True)
-  (out / 'results.json').write_text(json.dumps(results, indent=1))
-  reporting.plot_curves(results['runs'], out / 'loss_curves.png', title=title)
+  results_lib.write_json(out / 'results.json', results)
+  plots.plot_curves(results['runs'], out / 'loss_curves.png', title=title)
 
 
 def default_out() -> str:
@@ -168,10 +142,10 @@ def default_out() -> str:
 def build_parser() -> cli.Parser:
   parser = cli.Parser(
     prog=PROG,
-    description='Train a GPT under each optimizer setup (adamw, ember, adafactor) from the '
-    'same initialization and batches, and compare them.',
+    description='Train a GPT under each optimizer setup (by default adamw, ember, adafactor) '
+    'from the same initialization and batches, and compare them.',
   )
-  cli.add_config_arguments(parser)
+  cli.add_arguments(parser, TrainConfig)
   return parser
 
 
@@ -179,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   args = build_parser().parse_args(argv)
 
   def main_job():
-    config = cli.config_from_args(args)
+    config = cli.from_args(args, TrainConfig)
     if config.out is None:
       config = dataclasses.replace(config, out=default_out())
     return run(config)

@@ -22,7 +22,7 @@ _CORPUS_MODULES = [
 @pytest.fixture(scope='session')
 def corpus_dir(tmp_path_factory) -> Path:
   """A folder of text files (with a subfolder and a hidden file that must be ignored)."""
-  from models import data as data_lib
+  from models.data import corpus as data_lib
 
   root = tmp_path_factory.mktemp('corpus')
   stdlib = data_lib.stdlib_root()
@@ -50,7 +50,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope='session')
 def tiny_config(corpus_dir, cache_dir):
   """The tiny preset on ``corpus_dir``, two seeds, no progress bars, nothing written."""
-  from models.config import TrainConfig
+  from models.training.config import TrainConfig
 
   return TrainConfig(
     preset='tiny', seeds=(0, 1), text=str(corpus_dir), cache_dir=str(cache_dir), progress=False

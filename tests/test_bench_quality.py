@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from models import bench_quality
-from models.config import ConfigError
+from models.bench import quality as bench_quality
+from models.training.config import ConfigError
 
 
 def _bench_args(corpus_dir, cache_dir, out, lrs, *more):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import ember_optax
-from models import bench_step
+from models.bench import step as bench_step
 
 
 @pytest.mark.parametrize(

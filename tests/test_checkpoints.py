@@ -7,10 +7,10 @@ import dataclasses
 
 import pytest
 
-from models import data as data_lib
+from models.data import corpus as data_lib
 from models import train as train_lib
 from models import training
-from models.config import ConfigError
+from models.training.config import ConfigError
 
 
 @pytest.mark.slow

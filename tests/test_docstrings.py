@@ -7,7 +7,6 @@ import pytest
 
 MODULES = [
   'ember_optax._src.alias',
-  'ember_optax._src.cpu_kernel',
   'ember_optax._src.layout',
   'ember_optax._src.routing',
   'ember_optax._src.sharding',

@@ -15,13 +15,13 @@ import optax
 import pytest
 
 import ember_optax
-from models import data as data_lib
+from models.data import corpus as data_lib
 from models import reporting, stats
 from models import train as train_lib
-from models.config import TrainConfig, resolve
-from models.gpt import GPT, GPTConfig, table_labels, token_table_paths
+from models.training.config import TrainConfig, resolve
+from models.nets.gpt import GPT, GPTConfig, table_labels, token_table_paths
 from models.optimizers import make_optimizer
-from models.presets import PRESETS, SETUPS
+from models.training.presets import PRESETS, SETUPS
 
 # --- model -------------------------------------------------------------------------------------
 

@@ -18,11 +18,10 @@ import pytest
 import ember_optax
 
 ROOT = Path(__file__).resolve().parents[1]
-# What the sdist's own test run covers: the golden trajectories, the kernel built
-# from the sdist's source, the README's snippets and the reference models.
+# What the sdist's own test run covers: the golden trajectories, the README's
+# snippets and the reference models.
 SDIST_TESTS = (
   'tests/test_ember.py',
-  'tests/test_cpu_kernel.py',
   'tests/test_readme.py',
   'tests/test_routing.py',
 )
@@ -69,11 +68,8 @@ def test_the_repository_holds_no_vendored_source():
   files = _checkout_files()
   if files is None:
     pytest.skip('not a git checkout')
-  assert not [f for f in files if 'third_party' in f or f.endswith(('.h', '.hh', '.hpp'))]
-  # The one C++ file is the kernel, which includes the FFI headers that jaxlib installs.
-  assert [f for f in files if f.endswith(('.c', '.cc', '.cpp'))] == [
-    'ember_optax/_src/csrc/squared_sums.cc'
-  ]
+  assert not [f for f in files if 'third_party' in f]
+  assert not [f for f in files if f.endswith(('.h', '.hh', '.hpp', '.c', '.cc', '.cpp'))]
 
 
 @pytest.mark.slow
@@ -86,8 +82,8 @@ def test_wheel_is_pure_python_and_holds_only_the_library(tmp_path):
     for name in files:
       (source / name).parent.mkdir(parents=True, exist_ok=True)
       shutil.copy2(ROOT / name, source / name)
-  # Files an earlier build left in build/ (a compiled kernel, a package since
-  # dropped from the wheel) must not reach the new wheel.
+  # Files an earlier build left in build/ (the compiled kernel of earlier
+  # versions, a package since dropped from the wheel) must not reach the new wheel.
   stale = source / 'build' / 'lib'
   for name in (
     'ember_optax/_src/_squared_sums_cpu.cpython-311-x86_64-linux-gnu.so',
@@ -102,7 +98,6 @@ def test_wheel_is_pure_python_and_holds_only_the_library(tmp_path):
     names = archive.namelist()
     metadata = archive.read(f'ember_optax-{ember_optax.__version__}.dist-info/METADATA').decode()
   assert all(n.startswith(('ember_optax/', 'ember_optax-')) for n in names), names
-  assert 'ember_optax/_src/csrc/squared_sums.cc' in names
   assert 'ember_optax/py.typed' in names
   assert not [n for n in names if n.endswith(('.so', '.pyd', '.dylib', '.h'))]
   assert any(n.endswith('licenses/LICENSE') for n in names)
@@ -116,14 +111,13 @@ def test_sdist_carries_its_tests_and_they_pass(tmp_path):
     safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
     archive.extractall(tmp_path / 'unpacked', **safe)
   root = tmp_path / 'unpacked' / sdist.name.removesuffix('.tar.gz')
-  needed = ['LICENSE', 'README.md', 'pyproject.toml', 'ember_optax/_src/csrc/squared_sums.cc']
+  needed = ['LICENSE', 'README.md', 'pyproject.toml']
   files = _checkout_files()
   if files is not None:
     needed += [f for f in files if f.startswith(('tests/', 'models/', 'notebooks/'))]
   assert not [f for f in needed if not (root / f).is_file()]
 
   env = dict(os.environ, PYTHONPATH=str(root), EMBER_OPTAX_CACHE_DIR=str(tmp_path / 'cache'))
-  env.pop('EMBER_OPTAX_CPU_KERNEL', None)
   where = subprocess.run(
     [sys.executable, '-c', 'import ember_optax; print(ember_optax.__file__)'],
     cwd=root,
@@ -142,5 +136,3 @@ def test_sdist_carries_its_tests_and_they_pass(tmp_path):
     timeout=900,
   )
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-  # The kernel was compiled from the sdist's own source.
-  assert list((tmp_path / 'cache' / 'cpu_kernel').glob('squared_sums-*.so'))

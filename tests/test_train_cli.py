@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from models import bench_quality
+from models.bench import quality as bench_quality
 from models import train as train_lib
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,14 +1,10 @@
-"""Named model sizes, each with the training settings that suit it, and the optimizer setups."""
+"""Named model sizes, each with the training settings that suit it."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from models.gpt import GPTConfig
-
-# The setups of the comparison. The body (attention, MLP, norms, positions, the head's bias)
-# always gets AdamW; the setups differ only on the token tables (input embedding and LM head).
-SETUPS = ('adamw', 'ember', 'adafactor')
+from models.nets.gpt import GPTConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +16,7 @@ class Preset:
     batch_size: sequences per step.
     seq_len: tokens per sequence.
     steps: optimizer steps of a run.
-    lr: peak learning rate of each setup (warm-up, then cosine decay to a tenth of it).
+    lr: peak learning rate of every setup (warm-up, then cosine decay to a tenth of it).
     warmup_steps: linear warm-up length.
     eval_every: steps between validation points of the loss curve.
     eval_batches: validation batches of the final evaluation.
@@ -31,15 +27,11 @@ class Preset:
   batch_size: int
   seq_len: int
   steps: int
-  lr: dict[str, float]
+  lr: float
   warmup_steps: int
   eval_every: int
   eval_batches: int
   vocab_size: int = 8192
-
-
-def _same_lr(lr: float) -> dict[str, float]:
-  return dict.fromkeys(SETUPS, lr)
 
 
 PRESETS: dict[str, Preset] = {
@@ -49,7 +41,7 @@ PRESETS: dict[str, Preset] = {
     batch_size=16,
     seq_len=64,
     steps=100,
-    lr=_same_lr(1e-2),
+    lr=1e-2,
     warmup_steps=10,
     eval_every=25,
     eval_batches=8,
@@ -62,7 +54,7 @@ PRESETS: dict[str, Preset] = {
     batch_size=8,
     seq_len=128,
     steps=600,
-    lr=_same_lr(4e-3),
+    lr=4e-3,
     warmup_steps=30,
     eval_every=100,
     eval_batches=64,
@@ -73,7 +65,7 @@ PRESETS: dict[str, Preset] = {
     batch_size=32,
     seq_len=256,
     steps=3000,
-    lr=_same_lr(1e-3),
+    lr=1e-3,
     warmup_steps=200,
     eval_every=250,
     eval_batches=128,
@@ -83,7 +75,7 @@ PRESETS: dict[str, Preset] = {
     batch_size=32,
     seq_len=512,
     steps=10000,
-    lr=_same_lr(6e-4),
+    lr=6e-4,
     warmup_steps=500,
     eval_every=500,
     eval_batches=256,

@@ -3,7 +3,7 @@ resolution against a preset into everything the run needs (``Plan``).
 
 ``TrainConfig`` is the single list of settings: the command line (``models.cli``) is derived from
 its fields, their defaults and their help texts, and ``resolve`` fills every ``None`` from the
-preset once, checks every value, and returns a ``Plan`` that the rest of the run reads.
+preset once, checks every value, and returns a ``Plan``: everything the run reads, resolved.
 """
 
 from __future__ import annotations
@@ -15,20 +15,14 @@ from typing import Any
 
 import optax
 
-from models import data as data_lib
-from models.gpt import GPTConfig
-from models.presets import PRESETS, SETUPS, Preset
+from models.cli import ConfigError, flag, option
+from models.data import corpus as data_lib
+from models.nets.gpt import GPTConfig
+from models.training.presets import PRESETS
+from models.training.setups import BODIES, TABLE_OPTIMIZERS, Hyperparameters, Setup
 
-
-class ConfigError(ValueError):
-  """A setting that cannot be run; the message names the setting and what to change."""
-
-
-def option(default: Any, help: str, **cli: Any) -> Any:  # noqa: A002 (argparse's name)
-  """A ``TrainConfig`` field with its command-line help (and argparse extras, e.g. ``choices``)."""
-  if isinstance(default, dict):
-    return dataclasses.field(default_factory=lambda: dict(default), metadata={'help': help, **cli})
-  return dataclasses.field(default=default, metadata={'help': help, **cli})
+# The main job's comparison: the body always gets AdamW; the setups differ on the token tables.
+DEFAULT_SETUPS = ('adamw', 'ember', 'adafactor')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +43,9 @@ class TrainConfig:
     choices=tuple(PRESETS),
   )
   setups: tuple[str, ...] = option(
-    SETUPS, 'optimizer setups to compare; all differ only on the token tables', choices=SETUPS
+    DEFAULT_SETUPS,
+    f'optimizer setups to compare, each TABLES or TABLES+BODY: table optimizer '
+    f'{"/".join(TABLE_OPTIMIZERS)}, body {"/".join(BODIES)} (adamw if not named)',
   )
   seeds: tuple[int, ...] = option(
     (0,), 'seeds; each one sets the initialization and the batch order'
@@ -125,19 +121,25 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """A ``TrainConfig`` resolved against its preset and checked: what a run reads.
+  """A ``TrainConfig`` resolved against its preset and checked: everything a run reads.
 
   Attributes:
-    config: the settings as given.
-    preset: the preset they were resolved against.
+    config: the settings as given (recorded with the results; the run reads the fields below).
     model: the model's shape.
+    setups: the optimizer setups, in order.
+    seeds: the seeds.
     steps, batch_size, seq_len, warmup_steps, eval_every, eval_batches, vocab_size: resolved.
-    learning_rates: per setup, the peak learning rates ``(body, tables)``.
+    learning_rates: per setup name, the peak learning rates ``(body, tables)``.
+    hyper: the settings every setup shares (decays, epsilon, weight decay, clipping).
+    unigram_bias: whether the head's bias starts at the log unigram frequencies.
+    text, val_fraction, tokenizer_train_chars, cache_dir: the corpus's settings.
+    out, checkpoint_dir, checkpoint_every, progress: where results and checkpoints go.
   """
 
   config: TrainConfig
-  preset: Preset
   model: GPTConfig
+  setups: tuple[Setup, ...]
+  seeds: tuple[int, ...]
   steps: int
   batch_size: int
   seq_len: int
@@ -146,6 +148,16 @@ class Plan:
   eval_batches: int
   vocab_size: int
   learning_rates: Mapping[str, tuple[float, float]]
+  hyper: Hyperparameters
+  unigram_bias: bool
+  text: str | None
+  val_fraction: float
+  tokenizer_train_chars: int
+  cache_dir: str | None
+  out: str | None
+  checkpoint_dir: str | None
+  checkpoint_every: int
+  progress: bool
 
   def schedule(self, peak: float) -> optax.Schedule:
     """Linear warm-up to ``peak``, then cosine decay to ``peak / 10`` at the last step."""
@@ -172,7 +184,10 @@ class Plan:
       'checkpoint_every',
       'progress',
     }
-    settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in varying}
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    settings = {
+      k: v for k, v in dataclasses.asdict(self.config).items() if k in fields and k not in varying
+    }
     resolved = (
       'steps',
       'batch_size',
@@ -183,11 +198,6 @@ class Plan:
       'vocab_size',
     )
     return {**settings, **{k: getattr(self, k) for k in resolved}}
-
-
-def flag(name: str) -> str:
-  """The command-line flag of a ``TrainConfig`` field."""
-  return '--' + name.replace('_', '-')
 
 
 def _fail(name: str, value: Any, requirement: str) -> ConfigError:
@@ -219,10 +229,16 @@ def _check_number(
     raise _fail(name, value, f'must be a finite number in {lower}, {upper}')
 
 
+def _parse_setup(name: str, text: Any) -> Setup:
+  try:
+    return Setup.parse(str(text))
+  except ValueError as error:
+    raise ConfigError(f'{flag(name)}: setup {text!r}: {error}') from None
+
+
 def _check_setups(name: str, names: Any, allowed: tuple[str, ...]) -> None:
-  unknown = [s for s in names if s not in SETUPS]
-  if unknown:
-    raise ConfigError(f'{flag(name)}: unknown setup {unknown[0]!r}; choose from {list(SETUPS)}')
+  for text in names:
+    _parse_setup(name, text)
   missing = [s for s in names if s not in allowed]
   if missing:
     raise ConfigError(
@@ -242,7 +258,8 @@ def resolve(config: TrainConfig) -> Plan:
   setups = tuple(config.setups)
   if not setups:
     raise ConfigError('--setups: name at least one setup')
-  _check_setups('setups', setups, SETUPS)
+  parsed = tuple(_parse_setup('setups', text) for text in setups)
+  setups = tuple(setup.name for setup in parsed)
   if len(set(setups)) != len(setups):
     raise _fail('setups', list(setups), 'must not repeat a setup')
   seeds = tuple(config.seeds)
@@ -295,7 +312,7 @@ def resolve(config: TrainConfig) -> Plan:
 
   learning_rates = {}
   for setup in setups:
-    body = config.lr_for.get(setup, config.lr if config.lr is not None else preset.lr[setup])
+    body = config.lr_for.get(setup, config.lr if config.lr is not None else preset.lr)
     table = config.table_lr_for.get(setup, config.table_lr if config.table_lr is not None else body)
     learning_rates[setup] = (float(body), float(table))
 
@@ -307,8 +324,9 @@ def resolve(config: TrainConfig) -> Plan:
   )
   return Plan(
     config=dataclasses.replace(config, setups=setups, seeds=seeds),
-    preset=preset,
     model=model,
+    setups=parsed,
+    seeds=seeds,
     steps=steps,
     batch_size=batch_size,
     seq_len=seq_len,
@@ -317,4 +335,20 @@ def resolve(config: TrainConfig) -> Plan:
     eval_batches=eval_batches,
     vocab_size=vocab_size,
     learning_rates=learning_rates,
+    hyper=Hyperparameters(
+      b1=config.b1,
+      b2=config.b2,
+      eps=config.eps,
+      weight_decay=config.weight_decay,
+      clip_norm=config.clip_norm,
+    ),
+    unigram_bias=config.unigram_bias,
+    text=config.text,
+    val_fraction=config.val_fraction,
+    tokenizer_train_chars=config.tokenizer_train_chars,
+    cache_dir=config.cache_dir,
+    out=config.out,
+    checkpoint_dir=config.checkpoint_dir,
+    checkpoint_every=config.checkpoint_every,
+    progress=config.progress,
   )

@@ -18,7 +18,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from models.config import ConfigError
+from models.cli import ConfigError
+from models.reporting import results
 
 SETTINGS_FILE = 'settings.json'
 RESULT_FILE = 'result.json'
@@ -33,7 +34,7 @@ def open_folder(directory: str | os.PathLike, settings: dict) -> Path:
   root = Path(directory).expanduser().resolve()
   root.mkdir(parents=True, exist_ok=True)
   path = root / SETTINGS_FILE
-  settings = json.loads(json.dumps(settings))  # As it reads back: tuples become lists.
+  settings = json.loads(results.dumps(settings))  # As it reads back: tuples become lists.
   if path.exists():
     saved = json.loads(path.read_text())
     if saved != settings:
@@ -45,9 +46,7 @@ def open_folder(directory: str | os.PathLike, settings: dict) -> Path:
         'resume with the same settings, or use another folder'
       )
   else:
-    tmp = path.with_name(f'{SETTINGS_FILE}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(settings, indent=1))
-    tmp.replace(path)
+    results.write_json(path, settings)
   return root
 
 
@@ -100,14 +99,12 @@ class RunCheckpoints:
     self._manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(results.strict(progress))
       ),
     )
 
   def finish(self, result: dict) -> None:
     """Records the run's results; the run is skipped when the comparison is resumed."""
     path = self.directory / RESULT_FILE
-    tmp = path.with_name(f'{RESULT_FILE}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    results.write_json(path, result, indent=None)
     self._manager.close()

@@ -42,6 +42,8 @@ import time
 
 import numpy as np
 
+from models.cli import ConfigError
+
 EOT = '<|endoftext|>'
 # Bump when anything that changes the cached artifacts changes (tokenizer recipe, file format).
 CACHE_VERSION = 1
@@ -61,7 +63,7 @@ _STDLIB_SKIP_DIRS = {'site-packages', 'dist-packages', '__pycache__'}
 _STDLIB_SKIP_TOP = {'test', 'pydoc_data'}
 
 
-class CorpusError(ValueError):
+class CorpusError(ConfigError):
   """A corpus that cannot be trained on; the message says what is wrong and what to do."""
 
 
@@ -118,11 +120,7 @@ class Corpus:
 
 
 def default_cache_dir() -> Path:
-  """``$EMBER_OPTAX_CACHE_DIR/corpus``, else ``${XDG_CACHE_HOME:-~/.cache}/ember_optax/corpus``.
-
-  The same root as the library's CPU-kernel cache (``ember_optax.cpu_kernel_status()``), so one
-  variable moves both.
-  """
+  """``$EMBER_OPTAX_CACHE_DIR/corpus``, else ``${XDG_CACHE_HOME:-~/.cache}/ember_optax/corpus``."""
   root = os.environ.get('EMBER_OPTAX_CACHE_DIR')
   if not root:
     root = os.path.join(os.environ.get('XDG_CACHE_HOME') or '~/.cache', 'ember_optax')

@@ -33,9 +33,9 @@ import optax
 
 import ember_optax
 from ember_optax.diagnostics import tree_bytes
-from models import gpt
-from models.presets import PRESETS
-from models.reporting import markdown_table
+from models.nets import gpt
+from models.training.presets import PRESETS
+from models.reporting.tables import markdown_table
 
 DEFAULT_SHAPES = ('32768x512', '50304x768', '131072x1024')
 DEFAULT_DTYPES = ('float32', 'bfloat16')

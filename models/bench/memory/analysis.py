@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from ember_optax.diagnostics import tree_bytes
-from models import published
-from models.batch_search import largest_fitting_batch
-from models.child_process import ChildProcess
-from models.fsdp_layout import batch_sharding, fsdp_mesh, shard_shapes
+from models.nets import published
+from models.bench.memory.batch_search import largest_fitting_batch
+from models.bench.memory.child_process import ChildProcess
+from models.training.layouts import batch_sharding, fsdp_mesh, shard_shapes
 from models.memory_setups import PRECISIONS, StateBytes, optimizer_state_bytes
-from models.reporting import format_bytes
-from models.step_memory import StepBuilder, StepMemory
+from models.reporting.tables import format_bytes
+from models.bench.memory.step_memory import StepBuilder, StepMemory
 
 GIB = 2**30
 # The 5% criterion: Ember may add at most this share of its largest table to the step's scratch.

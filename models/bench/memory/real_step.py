@@ -19,9 +19,9 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from models.child_process import ChildProcess
+from models.bench.memory.child_process import ChildProcess
 from models.memory_setups import make_optimizer
-from models.step_memory import StepBuilder, StepMemory
+from models.bench.memory.step_memory import StepBuilder, StepMemory
 
 
 def _rss_bytes(field: str) -> int:

@@ -41,10 +41,10 @@ import time
 
 import jax
 
-from models import published
-from models.child_process import run_children
+from models.nets import published
+from models.bench.memory.child_process import run_children
 from models.cli import Parser
-from models.memory_analysis import (
+from models.bench.memory.analysis import (
   GIB,
   TEMP_ALLOWANCE,
   Measured,
@@ -53,9 +53,9 @@ from models.memory_analysis import (
   temp_checks,
 )
 from models.memory_setups import OPTIMIZERS, PRECISIONS
-from models.real_step_memory import reality_child
-from models.reporting import format_bytes, markdown_table
-from models.step_memory import StepMemory
+from models.bench.memory.real_step import reality_child
+from models.reporting.tables import format_bytes, markdown_table
+from models.bench.memory.step_memory import StepMemory
 
 DEFAULT_BUDGETS_GIB = (16, 24, 80)
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from models import cli, reporting
 from models import train as train_lib
-from models.config import ConfigError, TrainConfig, resolve
+from models.training.config import ConfigError, TrainConfig, resolve
 
 PROG = 'python -m models.bench_quality'
 # The grid of the README's run; the benchmark extends it wherever a best lands on its edge.

@@ -24,7 +24,7 @@ import optax
 
 import ember_optax
 from ember_optax.diagnostics import state_bytes_by_group, tree_bytes
-from models.fsdp_layout import shard_shapes
+from models.training.layouts import shard_shapes
 
 OPTIMIZERS = ('adamw', 'ember', 'adafactor')
 PRECISIONS = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import optax
 
 import ember_optax
-from models.fsdp_layout import batch_sharding, fsdp_shardings
+from models.training.layouts import batch_sharding, fsdp_shardings
 from models.memory_setups import make_optimizer
 
 # XLA options of every compile. The backend (LLVM) optimization level acts after buffer

@@ -1,0 +1,238 @@
+"""The training loop of a comparison: what every run shares, built once, and one run at a time.
+
+:class:`Comparison` holds what the runs of a comparison share (the plan, the corpus, the fixed
+validation batches with their rare-token mask, the model's parameter count); the main job and the
+quality benchmark both build it once and call :func:`train_one` for every setup, seed and
+learning rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import hashlib
+import math
+import time
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ember_optax.diagnostics import tree_bytes
+from models.data import corpus as data_lib
+from models.nets.gpt import GPT, count_params, table_labels
+from models.training import setups as setups_lib
+from models.training import step as step_lib
+from models.training.checkpoints import RunCheckpoints
+from models.training.config import Plan
+
+# Curve points use every CURVE_STRIDE-th validation batch: the same windows as the final
+# evaluation, evenly spread, at an eighth of its cost.
+CURVE_STRIDE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """What every run of a comparison shares, computed once.
+
+  Attributes:
+    plan: the resolved settings.
+    corpus: the tokenized corpus, checked to hold a sequence on each side.
+    val_batches: the final evaluation's batches, windows spread evenly over the validation set.
+    rare_mask: ``(vocab_size,)`` booleans, True for the less frequent half of the vocabulary.
+    n_params: the model's parameter count (from shapes alone).
+  """
+
+  plan: Plan
+  corpus: data_lib.Corpus
+  val_batches: Sequence[tuple[np.ndarray, np.ndarray]]
+  rare_mask: jax.Array
+  n_params: int
+
+  @property
+  def curve_batches(self) -> Sequence[tuple[np.ndarray, np.ndarray]]:
+    return self.val_batches[::CURVE_STRIDE]
+
+  @classmethod
+  def build(
+    cls, plan: Plan, corpus: data_lib.Corpus | None = None, verbose: bool = True
+  ) -> Comparison:
+    """Loads (or checks) the corpus and builds the validation set and the parameter count."""
+    if corpus is None:
+      corpus = data_lib.load_corpus(
+        plan.text,
+        vocab_size=plan.vocab_size,
+        val_fraction=plan.val_fraction,
+        tokenizer_train_chars=plan.tokenizer_train_chars,
+        cache_dir=plan.cache_dir,
+        verbose=verbose,
+      )
+    data_lib.check_fits(corpus, plan.seq_len)
+    batches = data_lib.val_batches(
+      corpus.val_tokens,
+      batch_size=plan.batch_size,
+      seq_len=plan.seq_len,
+      num_batches=plan.eval_batches,
+    )
+    abstract = nnx.eval_shape(lambda: GPT(plan.model, rngs=nnx.Rngs(0)))
+    return cls(plan, corpus, batches, jnp.asarray(corpus.rare_token_mask()), count_params(abstract))
+
+  def init_model(self, seed: int) -> GPT:
+    """The run's model: the same for every setup of a seed."""
+    bias = self.corpus.log_unigram() if self.plan.unigram_bias else None
+    return GPT(self.plan.model, rngs=nnx.Rngs(seed), logit_bias_init=bias)
+
+  def optimizer(self, setup: setups_lib.Setup, learning_rates: tuple[float, float], labels):
+    """``setup``'s optimizer at peak learning rates ``(body, tables)`` on the plan's schedule."""
+    plan = self.plan
+    body_peak, table_peak = learning_rates
+    return setups_lib.make_optimizer(
+      setup,
+      labels,
+      learning_rate=plan.schedule(body_peak),
+      table_learning_rate=None if table_peak == body_peak else plan.schedule(table_peak),
+      hyper=plan.hyper,
+      vocab_size=plan.vocab_size,
+    )
+
+
+def params_digest(params) -> str:
+  """SHA-256 of every parameter's bytes, in tree order: equal digests, bitwise equal models."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.asarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def train_one(
+  comparison: Comparison,
+  setup: setups_lib.Setup,
+  seed: int,
+  learning_rates: tuple[float, float] | None = None,
+  checkpoints: RunCheckpoints | None = None,
+  log: Callable[[str], None] = print,
+) -> dict:
+  """Trains one model under ``setup`` from ``seed``; returns its metrics and curves.
+
+  Args:
+    comparison: what the runs share.
+    setup: the optimizer setup.
+    seed: the initialization and batch-order seed.
+    learning_rates: peak ``(body, tables)`` rates (default: the plan's for ``setup``).
+    checkpoints: if given, a finished run is read back, an unfinished one resumes from its
+      last checkpoint (and says from which step), and the run is saved every
+      ``checkpoints.every`` steps.
+    log: where the run's messages go.
+  """
+  plan = comparison.plan
+  name = setup.name
+  if checkpoints is not None and (result := checkpoints.finished_result()) is not None:
+    log(f'[train] {name} seed {seed}: finished earlier, read from {checkpoints.directory}')
+    return result
+  if learning_rates is None:
+    learning_rates = plan.learning_rates[name]
+  graphdef, params = nnx.split(comparison.init_model(seed), nnx.Param)
+  labels = table_labels(params, plan.model)
+  tx = comparison.optimizer(setup, learning_rates, labels)
+  opt_state = tx.init(params)
+  state_bytes = {
+    'table_state_bytes': setups_lib.table_state_bytes(opt_state, labels),
+    'model_state_bytes': tree_bytes(opt_state),
+  }
+  train_step = jax.jit(step_lib.train_step(graphdef, tx))
+  rare_mask = comparison.rare_mask
+
+  def curve_point(params) -> float:
+    return step_lib.evaluate(graphdef, params, comparison.curve_batches, rare_mask)[0]
+
+  state = {'params': params, 'opt_state': opt_state}
+  progress = {
+    'step': 0,
+    'train_curve': [],
+    'val_curve': [],
+    'step_times': [],
+    'diverged_at_step': None,
+  }
+  if checkpoints is not None and (restored := checkpoints.restore(state)) is not None:
+    state, progress = restored
+    log(
+      f'[train] {name} seed {seed}: resumed from step {progress["step"]} of {plan.steps} '
+      f'({checkpoints.directory})'
+    )
+  else:
+    progress['val_curve'].append((0, curve_point(params)))
+  bar = None
+  if plan.progress:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+      total=plan.steps,
+      initial=progress['step'],
+      desc=f'{name:>9} seed {seed}',
+      unit='step',
+      leave=True,
+    )
+  batches = data_lib.train_batches(
+    comparison.corpus.train_tokens,
+    batch_size=plan.batch_size,
+    seq_len=plan.seq_len,
+    steps=plan.steps,
+    seed=seed,
+    start=progress['step'],
+  )
+  params, opt_state = state['params'], state['opt_state']
+  for step, (inputs, targets) in enumerate(batches, start=progress['step'] + 1):
+    start = time.perf_counter()
+    params, opt_state, loss = train_step(params, opt_state, inputs, targets)
+    loss = float(loss)  # Waits for the step: the timing covers the whole step.
+    progress['step_times'].append(time.perf_counter() - start)
+    progress['step'] = step
+    if not math.isfinite(loss):
+      # A diverged run is a result (the learning rate is too high), not a crash: it is reported
+      # with undefined losses so that a learning-rate sweep can go on.
+      progress['diverged_at_step'] = step
+      log(f'[train] {name} seed {seed}: loss is {loss} at step {step}; stopping this run')
+      break
+    progress['train_curve'].append((step, loss))
+    if step % plan.eval_every == 0 and step < plan.steps:
+      progress['val_curve'].append((step, curve_point(params)))
+    if checkpoints is not None and step < plan.steps:
+      checkpoints.save(step, {'params': params, 'opt_state': opt_state}, progress)
+    if bar is not None:
+      bar.set_postfix(loss=f'{loss:.3f}', val=f'{progress["val_curve"][-1][1]:.3f}', refresh=False)
+      bar.update()
+  if bar is not None:
+    bar.close()
+  diverged = progress['diverged_at_step'] is not None
+  if diverged:
+    final_val = rare_val = float('nan')
+  else:
+    # The final evaluation is the curve's last point and the result's numbers alike.
+    final_val, rare_val = step_lib.evaluate(graphdef, params, comparison.val_batches, rare_mask)
+    progress['val_curve'].append((plan.steps, final_val))
+  step_times = progress['step_times']
+  # The first step of a process compiles; the mean is over the others.
+  timed = step_times[1:] or step_times
+  train_curve = progress['train_curve']
+  result = {
+    'setup': name,
+    'seed': seed,
+    'lr': learning_rates[0],
+    'table_lr': learning_rates[1],
+    'final_val_loss': final_val,
+    'rare_val_loss': rare_val,
+    'initial_val_loss': progress['val_curve'][0][1],
+    'final_train_loss': float('nan')
+    if diverged
+    else float(np.mean([v for _, v in train_curve[-10:]])),
+    **state_bytes,
+    'mean_step_time_s': float(np.mean(timed)),
+    'diverged_at_step': progress['diverged_at_step'],
+    'params_sha256': params_digest(params),
+    'train_loss_curve': [list(point) for point in train_curve],
+    'val_loss_curve': [list(point) for point in progress['val_curve']],
+  }
+  if checkpoints is not None:
+    checkpoints.finish(result)
+  return result
