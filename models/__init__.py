@@ -1,8 +1,20 @@
-"""Reference models and the Ember-vs-AdamW training comparison (the project's main job).
+"""Reference models, data, training and benchmark programs for Ember (not installed with the wheel).
 
-* ``models.gpt``: a decoder-only GPT in Flax NNX, with size presets (``tiny``, ``small``, ...).
-* ``models.data``: the default corpus (the Python stdlib's source, no download), a locally trained
-  byte-level BPE, the train/val split, batches; all cached on disk.
-* ``models.train``: ``python -m models.train``, the comparison of optimizer setups.
-* ``models.bench_quality``: the learning-rate-swept, multi-seed quality benchmark.
+Programs (each ``python -m ...``, every flag in ``--help``):
+
+* ``models.train``: the main job, the comparison of optimizer setups on a GPT.
+* ``models.bench.quality``: each setup at its own best learning rate, over seeds.
+* ``models.bench.step``: the time of one optimizer step on a token table.
+* ``models.bench.memory``: the memory of a whole train step at published model shapes.
+* ``models.distributed``: the main job's Ember setup over a device mesh, on one host or many.
+
+Packages:
+
+* ``models.nets``: the GPT (Flax NNX) and the published decoder shapes, with their table labels.
+* ``models.data``: the embedded corpus (the Python standard library's code), its BPE, batches.
+* ``models.training``: setups (table optimizer x body), presets, the resolved plan, step, loop,
+  layouts and checkpoints.
+* ``models.reporting``: statistics over seeds, Markdown tables, plots, strict JSON results.
+* ``models.bench``: the benchmarks, their helpers and their committed results.
+* ``models.cli``: the command-line kit every program uses.
 """

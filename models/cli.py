@@ -24,6 +24,7 @@ import argparse
 from collections.abc import Callable, Sequence
 import dataclasses
 import sys
+import types
 import typing
 from typing import Any, NoReturn
 
@@ -79,6 +80,8 @@ def add_arguments(
     help_text = extras.pop('help')
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     hint = hints[field.name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+      hint = next(t for t in typing.get_args(hint) if t is not type(None))
     kwargs: dict[str, Any] = {'default': default}
     if hint is bool:
       kwargs |= {'action': argparse.BooleanOptionalAction}
@@ -87,24 +90,29 @@ def add_arguments(
     elif typing.get_origin(hint) is tuple:
       kwargs |= {'nargs': '+', 'type': typing.get_args(hint)[0]}
     else:
-      scalar = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-      kwargs |= {'type': scalar}
+      kwargs |= {'type': hint}
     action = parser.add_argument(flag(field.name), **(kwargs | extras))
     # Some Pythons' BooleanOptionalAction add the default to the help themselves.
     action.help = help_text if 'default' in (action.help or '') else _with_default(help_text)
 
 
+def parser_for(config_class: type, prog: str, description: str, skip: Sequence[str] = ()) -> Parser:
+  """A :class:`Parser` for program ``prog`` with a flag for every field of ``config_class``."""
+  parser = Parser(prog=prog, description=description)
+  add_arguments(parser, config_class, skip)
+  return parser
+
+
 def from_args(args: argparse.Namespace, config_class: type) -> Any:
   """The ``config_class`` of parsed flags (fields without a flag keep their defaults)."""
+  hints = typing.get_type_hints(config_class)
   values = {}
   for field in dataclasses.fields(config_class):
     if not hasattr(args, field.name):
       continue
     value = getattr(args, field.name)
-    if isinstance(value, list) and value and isinstance(value[0], tuple):
-      value = dict(value)
-    elif isinstance(value, list):
-      value = tuple(value)
+    if isinstance(value, list):
+      value = dict(value) if typing.get_origin(hints[field.name]) is dict else tuple(value)
     values[field.name] = value
   return config_class(**values)
 

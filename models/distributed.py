@@ -1,4 +1,4 @@
-"""Train the GPT with ``ember_adamw`` over a device mesh, on one host or many.
+"""Train the GPT with the main job's ``ember`` setup over a device mesh, on one host or many.
 
 One host, 8 simulated CPU devices::
 
@@ -21,24 +21,26 @@ for a given step, so that runs on different process counts see the same data.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import dataclasses
-import functools
 
 from flax import nnx
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
-import optax
 
-import ember_optax
 from ember_optax import state_shardings
+from models import cli
+from models.cli import ConfigError, option
+from models.data.synthetic import synthetic_batch
 from models.nets.gpt import GPT, GPTConfig, table_labels
+from models.training import setups
+from models.training import step as step_lib
+from models.training.layouts import LAYOUTS, param_specs
 from models.training.presets import PRESETS
 
-LAYOUTS = ('replicated', 'vocab', 'fsdp')
+PROG = 'python -m models.distributed'
 
 
 def tiny_config() -> GPTConfig:
@@ -47,47 +49,9 @@ def tiny_config() -> GPTConfig:
   return dataclasses.replace(preset.model, vocab_size=preset.vocab_size)
 
 
-def param_specs(params, layout: str, n_devices: int, axis: str = 'x'):
-  """A ``PartitionSpec`` per parameter for ``layout`` (see the module docstring)."""
-  if layout not in LAYOUTS:
-    raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
-
-  def spec(path, leaf) -> P:
-    name = path_str(path)
-    if layout == 'vocab' and name == 'token_embed/embedding':
-      return P(axis, None)
-    if layout == 'vocab' and name == 'lm_head/kernel':
-      return P(None, axis)
-    if layout == 'fsdp' and leaf.ndim:
-      dims = sorted(range(leaf.ndim), key=lambda d: -leaf.shape[d])
-      for d in dims:
-        if leaf.shape[d] % n_devices == 0:
-          return P(*[axis if i == d else None for i in range(leaf.ndim)])
-    return P()
-
-  return jax.tree_util.tree_map_with_path(spec, params)
-
-
-def path_str(path) -> str:
-  """A pytree key path of plain dicts as ``a/b/c``."""
-  return jax.tree_util.keystr(path, simple=True, separator='/')
-
-
-def synthetic_batch(step: int, batch_size: int, seq_len: int, vocab_size: int, seed: int):
-  """Token ids ``(batch_size, seq_len + 1)`` for ``step``: Zipf-like, the same on every host."""
-  rng = np.random.default_rng([seed, step])
-  ranks = rng.zipf(1.2, size=(batch_size, seq_len + 1)) - 1
-  return (ranks % vocab_size).astype(np.int32)
-
-
 def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global ``jax.Array`` from a host value every process holds in full."""
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
-def make_optimizer(config: GPTConfig, lr: float = 1e-2) -> optax.GradientTransformation:
-  """``ember_adamw`` with the GPT's own table labels (``pos_embed`` is not a token table)."""
-  return ember_optax.ember_adamw(lr, labels=functools.partial(table_labels, config=config))
 
 
 def train(
@@ -104,41 +68,34 @@ def train(
   """Trains from ``seed`` for ``steps`` steps; returns ``(params, opt_state, losses)``.
 
   Parameters and optimizer state are global ``jax.Array`` s laid out by ``layout`` over the
-  mesh's ``"x"`` axis (which may span processes); the batch is split over ``"x"``.
+  mesh's ``"x"`` axis (which may span processes); the batch is split over ``"x"``. The optimizer
+  is the main job's ``ember`` setup with the GPT's own table labels.
   """
   model = GPT(config, rngs=nnx.Rngs(seed))
   graphdef, state = nnx.split(model, nnx.Param)
   host_params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
   del model, state
-  tx = make_optimizer(config, lr)
+  labels = table_labels(host_params, config)
+  tx = setups.make_optimizer(setups.Setup('ember'), labels, learning_rate=lr)
 
-  specs = param_specs(host_params, layout, mesh.shape['x'])
+  specs = param_specs(host_params, layout, mesh.shape['x'], token_tables=labels)
   p_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   params = jax.tree.map(global_array, host_params, p_shardings)
   s_shardings = state_shardings(jax.eval_shape(tx.init, params), p_shardings)
   opt_state = jax.jit(tx.init, out_shardings=s_shardings)(params)
   batch_sharding = NamedSharding(mesh, P('x', None))
-
-  def loss_fn(params, tokens):
-    logits = nnx.merge(graphdef, params)(tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  @functools.partial(
-    jax.jit,
-    in_shardings=(p_shardings, s_shardings, batch_sharding),
+  train_step = jax.jit(
+    step_lib.train_step(graphdef, tx),
+    in_shardings=(p_shardings, s_shardings, batch_sharding, batch_sharding),
     out_shardings=(p_shardings, s_shardings, None),
     donate_argnums=(0, 1),
   )
-  def train_step(params, opt_state, tokens):
-    loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
   losses = []
   for step in range(steps):
     tokens = synthetic_batch(step, batch_size, seq_len, config.vocab_size, seed)
-    tokens = global_array(tokens, batch_sharding)
-    params, opt_state, loss = train_step(params, opt_state, tokens)
+    inputs = global_array(tokens[:, :-1], batch_sharding)
+    targets = global_array(tokens[:, 1:], batch_sharding)
+    params, opt_state, loss = train_step(params, opt_state, inputs, targets)
     losses.append(loss)
   return params, opt_state, [float(loss) for loss in losses]
 
@@ -156,7 +113,8 @@ def flatten(params) -> dict[str, np.ndarray]:
   """``{"token_embed/embedding": array, ...}``: the parameters as host arrays, by path."""
   host = gather_to_host(params)
   return {
-    path_str(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(host)
+    jax.tree_util.keystr(path, simple=True, separator='/'): np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(host)
   }
 
 
@@ -185,58 +143,49 @@ def initialize(
   )
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog='python -m models.distributed', description=__doc__.split('\n')[0]
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """The distributed program's settings."""
+
+  auto_detect: bool = option(
+    False, 'let jax.distributed find the cluster (Cloud TPU, SLURM, Open MPI)'
   )
-  parser.add_argument(
-    '--auto-detect',
-    action='store_true',
-    help='let jax.distributed find the cluster (Cloud TPU, SLURM, Open MPI)',
-  )
-  parser.add_argument(
-    '--coordinator', default=None, help='host:port of process 0 (default: %(default)s, one process)'
-  )
-  parser.add_argument(
-    '--num-processes',
-    type=int,
-    default=1,
-    help='processes in the job, one per host (default: %(default)s)',
-  )
-  parser.add_argument(
-    '--process-id',
-    type=int,
-    default=0,
-    help="this process's index, 0 to --num-processes - 1 (default: %(default)s)",
-  )
-  parser.add_argument(
-    '--layout',
-    choices=LAYOUTS,
-    default='vocab',
-    help='where the parameters live on the mesh (default: %(default)s)',
-  )
-  parser.add_argument('--steps', type=int, default=3, help='training steps (default: %(default)s)')
-  parser.add_argument(
-    '--batch-size',
-    type=int,
-    default=8,
-    help='global batch, split over the devices (default: %(default)s)',
-  )
-  parser.add_argument(
-    '--seq-len', type=int, default=16, help='tokens per sequence (default: %(default)s)'
-  )
-  parser.add_argument(
-    '--seed', type=int, default=0, help='initialization and batch seed (default: %(default)s)'
-  )
-  parser.add_argument('--lr', type=float, default=1e-2, help='learning rate (default: %(default)s)')
-  parser.add_argument(
-    '--out', default=None, help='write the final parameters here (.npz) (default: not written)'
-  )
-  return parser
+  coordinator: str | None = option(None, 'host:port of process 0 (default: one process)')
+  num_processes: int = option(1, 'processes in the job, one per host')
+  process_id: int = option(0, "this process's index, 0 to --num-processes - 1")
+  layout: str = option('vocab', 'where the parameters live on the mesh', choices=LAYOUTS)
+  steps: int = option(3, 'training steps')
+  batch_size: int = option(8, 'global batch, split over the devices')
+  seq_len: int = option(16, 'tokens per sequence')
+  seed: int = option(0, 'initialization and batch seed')
+  lr: float = option(1e-2, 'learning rate')
+  out: str | None = option(None, 'write the final parameters here (.npz) (default: not written)')
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  args = build_parser().parse_args(argv)
+def build_parser() -> cli.Parser:
+  return cli.parser_for(
+    DistributedConfig,
+    PROG,
+    __doc__.split('\n')[0],
+  )
+
+
+def check(args: DistributedConfig) -> None:
+  """Raises ``ConfigError`` naming the first setting that cannot be run."""
+  for name in ('num_processes', 'steps', 'batch_size', 'seq_len'):
+    if getattr(args, name) < 1:
+      raise ConfigError(f'{cli.flag(name)} must be at least 1, got {getattr(args, name)}')
+  if not 0 <= args.process_id < args.num_processes:
+    raise ConfigError(f'--process-id must be in [0, {args.num_processes}), got {args.process_id}')
+  if args.num_processes > 1 and not args.coordinator:
+    raise ConfigError('--num-processes > 1 needs --coordinator HOST:PORT (or --auto-detect)')
+  if not args.lr > 0:
+    raise ConfigError(f'--lr must be positive, got {args.lr}')
+
+
+def run(args: DistributedConfig) -> dict:
+  """Joins the job, trains, and (on process 0) prints the losses and writes ``args.out``."""
+  check(args)
   initialize(args.coordinator, args.num_processes, args.process_id, args.auto_detect)
   mesh = jax.make_mesh((jax.device_count(),), ('x',), axis_types=(jax.sharding.AxisType.Auto,))
   params, _, losses = train(
@@ -257,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
   if jax.process_count() > 1:
     jax.distributed.shutdown()
   return {'losses': losses}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args = build_parser().parse_args(argv)
+  return cli.run_command(PROG, lambda: run(cli.from_args(args, DistributedConfig)))
 
 
 if __name__ == '__main__':

@@ -5,10 +5,11 @@
     python -m models.train --text ~/my_corpus --setups adamw ember --seeds 0 1 2
 
 The setups (``models.training.setups``) differ only on the token tables, the input embedding and
-the LM head; the body gets AdamW unless a setup names another (``ember+muon``). Within a seed every setup starts from the same
-initialization and sees the same batches in the same order, so the differences come from the
-optimizer only. Every setup clips the gradient to the same global norm, and the LM head's bias
-starts at the training set's log unigram frequencies (``--clip-norm``, ``--no-unigram-bias``).
+the LM head; the body gets AdamW unless a setup names another (``ember+muon``). Within a seed
+every setup starts from the same initialization and sees the same batches in the same order, so
+the differences come from the optimizer only. Every setup clips the gradient to the same global
+norm, and the LM head's bias starts at the training set's log unigram frequencies
+(``--clip-norm``, ``--no-unigram-bias``).
 
 Each run reports its final validation loss, its validation loss on rare-token targets (targets
 whose id is in the less frequent half of the vocabulary by training count), and the
@@ -32,7 +33,8 @@ import time
 import jax
 
 from models import cli
-from models.reporting import plots, results as results_lib, stats, tables
+from models.reporting import plots, stats, tables
+from models.reporting import results as results_lib
 from models.training import checkpoints as checkpoints_lib
 from models.training.config import TrainConfig, resolve
 from models.training.loop import Comparison, train_one
@@ -111,7 +113,7 @@ def run(config: TrainConfig, corpus=None, verbose: bool = True) -> dict:
   )
   log(
     f'\n[train] {len(runs)} runs in {results["total_time_s"]:.0f} s; mean step time '
-    f'{step_ms} (under this machine\'s current load; python -m models.bench.step measures '
+    f"{step_ms} (under this machine's current load; python -m models.bench.step measures "
     'speed)'
   )
   if plan.out:
@@ -140,13 +142,12 @@ def default_out() -> str:
 
 
 def build_parser() -> cli.Parser:
-  parser = cli.Parser(
-    prog=PROG,
-    description='Train a GPT under each optimizer setup (by default adamw, ember, adafactor) '
+  return cli.parser_for(
+    TrainConfig,
+    PROG,
+    'Train a GPT under each optimizer setup (by default adamw, ember, adafactor) '
     'from the same initialization and batches, and compare them.',
   )
-  cli.add_arguments(parser, TrainConfig)
-  return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # What the sdist's own test run covers: the golden trajectories, the README's
 # snippets and the reference models.
 SDIST_TESTS = (
-  'tests/test_ember.py',
+  'tests/ember_optax/test_transform.py',
   'tests/test_readme.py',
-  'tests/test_routing.py',
+  'tests/ember_optax/test_routing.py',
 )
 _NOT_SOURCE = (
   '.git',

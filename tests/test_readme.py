@@ -1,4 +1,4 @@
-"""Every Python snippet in the README runs as written.
+"""Every Python snippet of the READMEs runs as written, and their links point at real files.
 
 Snippets fenced as ``py`` rather than ``python`` are fragments of other programs (a Tunix
 script, MaxText's source), shown for what to change there; they are not run here.
@@ -9,14 +9,33 @@ import re
 
 import pytest
 
-README = pathlib.Path(__file__).parents[1] / 'README.md'
-SNIPPETS = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.DOTALL)
+ROOT = pathlib.Path(__file__).parents[1]
+READMES = [ROOT / 'README.md', ROOT / 'models' / 'README.md']
+SNIPPETS = [
+  (readme, snippet)
+  for readme in READMES
+  for snippet in re.findall(r'```python\n(.*?)```', readme.read_text(), flags=re.DOTALL)
+]
 
 
 @pytest.mark.parametrize('index', range(len(SNIPPETS)))
 def test_readme_snippet_runs(index):
-  exec(compile(SNIPPETS[index], f'README.md snippet {index}', 'exec'), {'__name__': 'readme'})
+  readme, snippet = SNIPPETS[index]
+  name = f'{readme.relative_to(ROOT)} snippet {index}'
+  exec(compile(snippet, name, 'exec'), {'__name__': 'readme'})
 
 
 def test_readme_has_snippets():
   assert len(SNIPPETS) >= 3
+
+
+def test_the_front_page_is_a_page():
+  assert len((ROOT / 'README.md').read_text().splitlines()) <= 400
+
+
+@pytest.mark.parametrize('readme', READMES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_at_files(readme):
+  for target in re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', readme.read_text()):
+    if target.startswith(('http://', 'https://')):
+      continue
+    assert (readme.parent / target).exists(), f'{readme.name}: {target}'

@@ -1,11 +1,12 @@
 """Quality benchmark: each optimizer setup at its own best learning rate, over several seeds.
 
-    python -m models.bench_quality                                 # the main job's settings
-    python -m models.bench_quality --lrs 1e-3 3e-3 1e-2 --seeds 0 1 2 --steps 300 --out DIR
-    python -m models.bench_quality --sweep table-lr --setups ember --lr 2e-3   # the tables alone
+    python -m models.bench.quality                                 # the main job's settings
+    python -m models.bench.quality --lrs 1e-3 3e-3 1e-2 --seeds 0 1 2 --steps 300 --out DIR
+    python -m models.bench.quality --sweep table-lr --setups ember --lr 2e-3   # the tables alone
 
-For every learning rate of the grid the main job (``models.train.run``) trains the setup on every
-seed; within a seed all setups and learning rates start from the same initialization and see the
+The benchmark builds the main job's comparison once (``models.training.loop.Comparison``: the
+corpus, the validation set) and trains every setup on every seed at every learning rate of the
+grid; within a seed all setups and learning rates start from the same initialization and see the
 same batches. ``--sweep lr`` (the default) sweeps each setup's peak learning rate, body and token
 tables alike; ``--sweep table-lr`` keeps the body at ``--lr`` (or the preset's rate) and sweeps the
 token tables' alone, which is how a user of ``ember_adamw`` picks ``ember_learning_rate`` next to
@@ -18,15 +19,16 @@ Within a seed the setups differ only by their optimizer, so Ember is compared wi
 seed by seed (each at its own best learning rate): the mean difference with its 95% t interval,
 and a verdict, "better" (the whole interval below zero), "worse" (above) or "no different".
 
-Writes ``bench.json`` (every run, the grid, the selection, the comparison) and ``bench.md`` (the
-tables) to ``--out`` (default ``out/bench_quality/<date-time>``). ``--summarize BENCH_JSON...``
-trains nothing and recomputes the tables from saved runs, merging several files (a sweep and its
-extension, say). With ``--checkpoint-dir``, an interrupted sweep resumes where it stopped.
+Writes ``bench.json`` (strict JSON: every run, the grid, the selection, the comparison) and
+``bench.md`` (the tables) to ``--out`` (default ``out/bench_quality/<date-time>``).
+``--summarize BENCH_JSON...`` trains nothing and recomputes the tables from saved runs, merging
+several files (a sweep and its extension, say). With ``--checkpoint-dir``, an interrupted sweep
+resumes where it stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import dataclasses
 import datetime
 import json
@@ -35,38 +37,54 @@ import time
 
 import numpy as np
 
-from models import cli, reporting
-from models import train as train_lib
-from models.training.config import ConfigError, TrainConfig, resolve
+from models import cli
+from models.cli import ConfigError, option
+from models.reporting import plots, stats, tables
+from models.reporting import results as results_lib
+from models.training import checkpoints as checkpoints_lib
+from models.training.config import TrainConfig, resolve
+from models.training.loop import Comparison, train_one
 
-PROG = 'python -m models.bench_quality'
+PROG = 'python -m models.bench.quality'
 # The grid of the README's run; the benchmark extends it wherever a best lands on its edge.
 DEFAULT_LRS = (2e-3, 4e-3, 8e-3)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 SWEEPS = {'lr': 'lr', 'table-lr': 'table_lr'}  # --sweep value -> the run's swept field.
 
 
-def run_benchmark(
-  config: TrainConfig,
-  lrs: Sequence[float] = DEFAULT_LRS,
-  sweep: str = 'lr',
-  extend: int = 2,
-  verbose: bool = True,
-) -> dict:
-  """Sweeps ``lrs`` for every setup and seed of ``config``; returns the benchmark's results.
+@dataclasses.dataclass(frozen=True)
+class QualityConfig(TrainConfig):
+  """The main job's settings (its learning rates swept) and the sweep's own."""
 
-  Args:
-    config: the runs' settings; its learning-rate settings other than the body's ``lr`` (for
-      ``sweep="table-lr"``) are replaced by the sweep.
-    lrs: the starting grid of peak learning rates.
-    sweep: ``"lr"`` (body and tables) or ``"table-lr"`` (the tables alone).
-    extend: how many times a setup's grid may grow on each side to bracket its best.
-    verbose: print progress.
+  seeds: tuple[int, ...] = option(DEFAULT_SEEDS, 'seeds of every grid point')
+  lrs: tuple[float, ...] = option(DEFAULT_LRS, 'the starting grid of peak learning rates')
+  sweep: str = option(
+    'lr',
+    "lr: each setup's peak learning rate, body and tables alike; table-lr: the tables' alone, "
+    'the body at --lr',
+    choices=tuple(SWEEPS),
+  )
+  extend: int = option(2, "how many times a grid may grow on each side to bracket a setup's best")
+  summarize: tuple[str, ...] | None = option(
+    None,
+    'train nothing: recompute the tables from the runs of saved bench.json files, merging '
+    'several (default: train)',
+    metavar='BENCH_JSON',
+  )
+
+
+def run_benchmark(config: QualityConfig, verbose: bool = True) -> dict:
+  """Sweeps ``config.lrs`` for every setup and seed of ``config``; returns the results.
+
+  The runs' learning-rate settings other than the body's ``lr`` (for ``sweep="table-lr"``) are
+  replaced by the sweep; a grid grows up to ``config.extend`` times on each side to bracket a
+  setup's best.
 
   Returns:
     The dict of :func:`summarize_benchmark`, plus ``"data"``, ``"environment"`` and
     ``"total_time_s"``.
   """
+  lrs, sweep, extend = config.lrs, config.sweep, config.extend
   if sweep not in SWEEPS:
     raise ConfigError(f'--sweep must be one of {list(SWEEPS)}, got {sweep!r}')
   if not lrs or any(not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0) for lr in lrs):
@@ -75,27 +93,49 @@ def run_benchmark(
     raise ConfigError(f'--lrs must not repeat a learning rate, got {list(lrs)}')
   if extend < 0:
     raise ConfigError(f'--extend must be >= 0, got {extend}')
+  if sweep == 'lr' and config.lr is not None:
+    raise ConfigError(
+      '--sweep lr sets every learning rate itself: drop --lr, or use '
+      '--sweep table-lr to keep the body at --lr'
+    )
   plan = resolve(config)
-  log: Callable[..., None] = print if verbose else (lambda *a, **k: None)
-  corpus = train_lib.load_corpus(plan, verbose)
+  log = print if verbose else (lambda *a, **k: None)
+  comparison = Comparison.build(plan, verbose=verbose)
+  settings = {**plan.training_settings(), 'sweep': sweep}
+  folder = None
+  if plan.checkpoint_dir:
+    folder = checkpoints_lib.open_folder(plan.checkpoint_dir, settings)
   started = time.perf_counter()
   runs = []
-  for setup in plan.config.setups:
+
+  def run_point(setup, lr: float) -> list[dict]:
+    body_lr = plan.learning_rates[setup.name][0]
+    rates = (lr, lr) if sweep == 'lr' else (body_lr, lr)
+    point = []
+    for seed in plan.seeds:
+      checkpoints = None
+      if folder is not None:
+        name = f'{setup.name}-{sweep}{lr:g}-seed{seed}'
+        checkpoints = checkpoints_lib.RunCheckpoints(folder, name, plan.checkpoint_every)
+      point.append(train_one(comparison, setup, seed, rates, checkpoints, log=log))
+    return point
+
+  for setup in plan.setups:
     grid, done, extensions = sorted(float(lr) for lr in lrs), set(), {'low': 0, 'high': 0}
     while True:
       for lr in grid:
         if lr not in done:
-          runs.extend(_run_point(config, setup, lr, sweep, corpus))
+          runs.extend(run_point(setup, lr))
           done.add(lr)
-          point = reporting.summarize(
-            [r for r in runs if r['setup'] == setup and r[SWEEPS[sweep]] == lr]
-          )[setup]['final_val_loss']
+          point = stats.summarize(
+            [r for r in runs if r['setup'] == setup.name and r[SWEEPS[sweep]] == lr]
+          )[setup.name]['final_val_loss']
           log(
-            f'[bench] {setup} at {sweep} {lr:g}: final val loss {reporting.format_loss(point)}',
+            f'[bench] {setup.name} at {sweep} {lr:g}: final val loss {tables.format_loss(point)}',
             flush=True,
           )
       by_lr = {
-        lr: _mean_loss([r for r in runs if r['setup'] == setup and r[SWEEPS[sweep]] == lr])
+        lr: _mean_loss([r for r in runs if r['setup'] == setup.name and r[SWEEPS[sweep]] == lr])
         for lr in grid
       }
       best = min(by_lr, key=by_lr.get)
@@ -107,34 +147,20 @@ def run_benchmark(
         extensions['high'] += 1
       else:
         break
-  results = summarize_benchmark(
-    {**dataclasses.asdict(plan.config), 'sweep': sweep},
-    {**plan.training_settings(), 'sweep': sweep},
-    runs,
-  )
+  train_fields = {field.name for field in dataclasses.fields(TrainConfig)}
+  given = {k: v for k, v in dataclasses.asdict(plan.config).items() if k in train_fields}
+  results = summarize_benchmark({**given, 'sweep': sweep}, settings, runs)
+  corpus = comparison.corpus
   results['data'] = {k: v for k, v in corpus.info.items() if k != 'val_file_list'}
-  results['environment'] = reporting.environment(corpus.cache_dir)
+  results['environment'] = results_lib.environment(corpus.cache_dir)
   results['total_time_s'] = time.perf_counter() - started
-  report(results, Path(plan.config.out) if plan.config.out else None, verbose=verbose)
+  report(results, Path(plan.out) if plan.out else None, verbose=verbose)
   return results
-
-
-def _run_point(config: TrainConfig, setup: str, lr: float, sweep: str, corpus) -> list[dict]:
-  """Every seed of ``setup`` at one learning rate of the sweep."""
-  rates = {'lr_for': {}, 'table_lr': None, 'table_lr_for': {}}
-  rates['lr_for' if sweep == 'lr' else 'table_lr_for'] = {setup: lr}
-  checkpoint_dir = config.checkpoint_dir and str(
-    Path(config.checkpoint_dir) / f'{setup}-{sweep}{lr:g}'
-  )
-  point = dataclasses.replace(
-    config, setups=(setup,), out=None, checkpoint_dir=checkpoint_dir, **rates
-  )
-  return train_lib.run(point, corpus=corpus, verbose=False)['runs']
 
 
 def _mean_loss(runs: Sequence[dict]) -> float:
   """Mean final validation loss, with a diverged grid point (NaN) ranked last."""
-  loss = float(np.mean([r['final_val_loss'] for r in runs]))
+  loss = float(np.mean(np.asarray([r['final_val_loss'] for r in runs], dtype=float)))
   return float('inf') if np.isnan(loss) else loss
 
 
@@ -161,7 +187,7 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
   for setup in setups:
     lrs = sorted({r[key] for r in runs if r['setup'] == setup})
     grid[setup] = {
-      lr: reporting.summarize([r for r in runs if r['setup'] == setup and r[key] == lr])[setup]
+      lr: stats.summarize([r for r in runs if r['setup'] == setup and r[key] == lr])[setup]
       for lr in lrs
     }
     best_lr = min(
@@ -173,7 +199,7 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
       'lr_on_grid_edge': len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
     }
     at_best[setup] = [r for r in runs if r['setup'] == setup and r[key] == best_lr]
-  paired = reporting.paired_differences(at_best)
+  paired = stats.paired_differences(at_best)
   lr_rule = None
   if 'ember' in best and 'adamw' in best:
     lr_rule = best['ember']['best_lr'] / best['adamw']['best_lr']
@@ -188,7 +214,7 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
     'runs': runs,
     'grid_table': format_grid(grid, key),
     'table': format_best(best, key),
-    'paired_table': reporting.format_paired(paired),
+    'paired_table': tables.format_paired(paired),
   }
 
 
@@ -203,16 +229,16 @@ def format_grid(grid: dict, key: str) -> str:
       if lr not in by_lr:
         cells.append('')
         continue
-      cell = reporting.format_loss(by_lr[lr]['final_val_loss'])
+      cell = tables.format_loss(by_lr[lr]['final_val_loss'])
       cells.append(f'**{cell}**' if lr == best_lr else cell)
     rows.append([setup, *cells])
   name = 'lr' if key == 'lr' else 'table lr'
-  return reporting.markdown_table(['setup'] + [f'{name} {lr:g}' for lr in lrs], rows)
+  return tables.markdown_table(['setup'] + [f'{name} {lr:g}' for lr in lrs], rows)
 
 
 def _loss_or_inf(summary: dict) -> float:
   loss = summary['final_val_loss']['mean']
-  return float('inf') if np.isnan(loss) else loss
+  return float('inf') if loss is None or np.isnan(loss) else loss
 
 
 def format_best(best: dict, key: str) -> str:
@@ -226,17 +252,17 @@ def format_best(best: dict, key: str) -> str:
     'opt. state, tables',
     'opt. state, model',
   )
-  return reporting.markdown_table(
+  return tables.markdown_table(
     header,
     (
       (
         setup,
         f'{s["lr"]:g} / {s["table_lr"]:g}' + (' (grid edge)' if s['lr_on_grid_edge'] else ''),
         str(len(s['seeds'])),
-        reporting.format_loss(s['final_val_loss']),
-        reporting.format_loss(s['rare_val_loss']),
-        reporting.format_bytes(s['table_state_bytes']),
-        reporting.format_bytes(s['model_state_bytes']),
+        tables.format_loss(s['final_val_loss']),
+        tables.format_loss(s['rare_val_loss']),
+        tables.format_bytes(s['table_state_bytes']),
+        tables.format_bytes(s['model_state_bytes']),
       )
       for setup, s in best.items()
     ),
@@ -260,11 +286,11 @@ def report(results: dict, out_dir: Path | None, verbose: bool = True) -> None:
   if out_dir is None:
     return
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / 'bench.json').write_text(json.dumps(results, indent=1))
+  results_lib.write_json(out_dir / 'bench.json', results)
   (out_dir / 'bench.md').write_text(tables + '\n')
   best = results['best']
   key = SWEEPS[results['sweep']]
-  reporting.plot_curves(
+  plots.plot_curves(
     [r for r in results['runs'] if r[key] == best[r['setup']]['best_lr']],
     out_dir / 'loss_curves.png',
     title=f'GPT {results["config"]["preset"]}, each setup at its best learning rate',
@@ -302,61 +328,26 @@ def summarize_saved(
 
 
 def build_parser() -> cli.Parser:
-  parser = cli.Parser(
-    prog=PROG,
-    description='Learning-rate sweep x seeds for each optimizer setup; each setup is reported '
+  return cli.parser_for(
+    QualityConfig,
+    PROG,
+    'Learning-rate sweep x seeds for each optimizer setup; each setup is reported '
     'at its own best learning rate, and Ember is compared with each other setup seed by seed.',
+    skip=('lr_for', 'table_lr', 'table_lr_for'),
   )
-  cli.add_config_arguments(parser, skip=('lr_for', 'table_lr', 'table_lr_for'))
-  parser.add_argument(
-    '--lrs',
-    nargs='+',
-    type=float,
-    default=list(DEFAULT_LRS),
-    help='the starting grid of peak learning rates (default: %(default)s)',
-  )
-  parser.add_argument(
-    '--sweep',
-    choices=tuple(SWEEPS),
-    default='lr',
-    help="lr: each setup's peak learning rate, body and tables alike; "
-    "table-lr: the tables' alone, the body at --lr (default: %(default)s)",
-  )
-  parser.add_argument(
-    '--extend',
-    type=int,
-    default=2,
-    help="how many times a grid may grow on each side to bracket a setup's "
-    'best (default: %(default)s)',
-  )
-  parser.add_argument(
-    '--summarize',
-    type=Path,
-    nargs='+',
-    metavar='BENCH_JSON',
-    help='train nothing: recompute the tables from the runs of saved '
-    'bench.json files, merging several (default: train)',
-  )
-  parser.set_defaults(seeds=list(DEFAULT_SEEDS))
-  return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
   args = build_parser().parse_args(argv)
 
   def benchmark():
-    if args.summarize:
-      return summarize_saved(args.summarize, args.out)
-    config = cli.config_from_args(args)
-    if args.sweep == 'lr' and args.lr is not None:
-      raise ConfigError(
-        '--sweep lr sets every learning rate itself: drop --lr, or use '
-        '--sweep table-lr to keep the body at --lr'
-      )
+    config = cli.from_args(args, QualityConfig)
+    if config.summarize:
+      return summarize_saved([Path(path) for path in config.summarize], config.out)
     if config.out is None:
       stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
       config = dataclasses.replace(config, out=str(Path('out', 'bench_quality', stamp)))
-    return run_benchmark(config, lrs=args.lrs, sweep=args.sweep, extend=args.extend)
+    return run_benchmark(config)
 
   return cli.run_command(PROG, benchmark)
 

@@ -1,27 +1,27 @@
-"""Times one optimizer step on a token table: Ember against AdamW, Adafactor and SGD.
+"""Times one optimizer step on a token table: Ember against AdamW, Adafactor, row-wise and SGD.
 
 Each optimizer runs the same jitted, donated step (``update`` then
 ``optax.apply_updates``) on the same table and gradient; the steps are
 interleaved round by round so that a noisy machine slows them alike, and the
 ratios are taken within each shape. Plain SGD reads the gradient and the table
-and writes the table once: it is the memory-bandwidth yardstick. Ember's floor
-is one more read of the gradient (4/3 of SGD), fused AdamW's 7/3.
-
-On a CPU where Ember's compiled kernel is in use, ``ember_xla`` is Ember with
-the kernel turned off (``ember_optax.use_cpu_kernel(False)``): the path of every
-install without a C++ compiler, whose statistics read the gradient twice.
+and writes the table once: it is the memory-bandwidth yardstick. Ember's
+statistics read the gradient twice on a CPU (XLA fuses no row and column
+reduction into one pass) and its update once more: 5/3 of SGD; fused AdamW's
+7/3. The single-table transforms are the table optimizers of
+``models.training.setups``; the whole-train-step comparison builds the main
+job's ``adamw`` and ``ember`` setups with the GPT's own table labels, so it is
+measured on the main job's routing.
 
 Run::
 
-  python -m models.bench_step                       # the default grid
-  python -m models.bench_step --shapes 32768x512 --dtypes float32 --out /tmp/bench
+  python -m models.bench.step                       # the default grid
+  python -m models.bench.step --shapes 32768x512 --dtypes float32 --out /tmp/bench
 """
 
 import argparse
 from collections.abc import Sequence
 import dataclasses
-import json
-import pathlib
+from pathlib import Path
 import platform
 import time
 from typing import Any
@@ -31,21 +31,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import ember_optax
 from ember_optax.diagnostics import tree_bytes
+from models import cli
+from models.cli import option
 from models.nets import gpt
-from models.training.presets import PRESETS
+from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
+from models.training import setups
+from models.training import step as step_lib
+from models.training.presets import PRESETS
 
+PROG = 'python -m models.bench.step'
 DEFAULT_SHAPES = ('32768x512', '50304x768', '131072x1024')
 DEFAULT_DTYPES = ('float32', 'bfloat16')
 DTYPES = ('float32', 'bfloat16', 'float16')
 LEARNING_RATE = 1e-3
+TABLE_OPTIMIZERS = ('ember', 'adamw', 'adafactor', 'rowwise')
 
-# Table-sized memory accesses per step of each optimizer when fully fused. Without
-# the kernel, Ember's row and column sums each read the gradient.
-TABLE_ACCESSES = {'ember': 4, 'ember_xla': 5, 'adamw': 7, 'adafactor': 4, 'sgd': 3}
-RATIOS = ('ember/adamw', 'ember/adafactor', 'ember/sgd', 'ember_xla/adamw', 'ember_xla/sgd')
+# Table-sized memory accesses per step of each optimizer when fully fused.
+TABLE_ACCESSES = {'ember': 5, 'adamw': 7, 'adafactor': 4, 'rowwise': 4, 'sgd': 3}
+RATIOS = ('ember/adamw', 'ember/adafactor', 'ember/rowwise', 'ember/sgd')
 
 # HBM bandwidth (bytes/s) of accelerators we report against.
 PEAK_BANDWIDTH = {
@@ -60,13 +65,54 @@ PEAK_BANDWIDTH = {
 }
 
 
-def optimizers() -> dict[str, optax.GradientTransformation]:
-  return {
-    'ember': ember_optax.ember(LEARNING_RATE),
-    'adamw': optax.adamw(LEARNING_RATE),
-    'adafactor': optax.adafactor(LEARNING_RATE),
-    'sgd': optax.sgd(LEARNING_RATE),
+def _shape(text: str) -> tuple[int, ...]:
+  try:
+    shape = tuple(int(n) for n in text.lower().split('x'))
+  except ValueError:
+    shape = ()
+  if len(shape) < 2 or min(shape) < 1:
+    raise argparse.ArgumentTypeError(
+      f'{text!r} is not a table shape: give positive sizes joined by x, such as 32768x512 '
+      '(leading sizes stack tables: 4x16384x256)'
+    )
+  return shape
+
+
+def _positive(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f'{text!r} is not a positive whole number')
+  return int(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepBenchConfig:
+  """The step benchmark's settings."""
+
+  shapes: tuple[tuple[int, ...], ...] = option(
+    tuple(_shape(s) for s in DEFAULT_SHAPES),
+    'table shapes VxD (leading sizes stack tables)',
+    type=_shape,
+    metavar='VxD',
+  )
+  dtypes: tuple[str, ...] = option(DEFAULT_DTYPES, 'table and gradient dtypes', choices=DTYPES)
+  rounds: int = option(10, 'timed steps per optimizer, after two untimed ones', type=_positive)
+  train_preset: str = option(
+    'small',
+    "GPT preset for the whole-train-step comparison ('' to skip it)",
+    choices=(*PRESETS, ''),
+  )
+  out: str | None = option(None, 'folder to write bench_step.json into (default: not written)')
+
+
+def optimizers(shape: tuple[int, ...]) -> dict[str, optax.GradientTransformation]:
+  """The table optimizers of the main job's setups, and plain SGD, for a table of ``shape``."""
+  hyper = setups.Hyperparameters()
+  vocab_size = shape[-2]
+  table = {
+    name: setups.table_optimizer(name, LEARNING_RATE, hyper, vocab_size)
+    for name in TABLE_OPTIMIZERS
   }
+  return {**table, 'sgd': optax.sgd(LEARNING_RATE)}
 
 
 @dataclasses.dataclass
@@ -88,32 +134,14 @@ def compile_step(optimizer: optax.GradientTransformation, params, grads) -> Any:
   return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
 
 
-def compile_kernel_off(optimizer: optax.GradientTransformation, params, grads) -> Any:
-  """:func:`compile_step` with Ember's CPU kernel turned off, for this step only."""
-  ember_optax.use_cpu_kernel(False)
-  try:
-    return compile_step(optimizer, params, grads)
-  finally:
-    ember_optax.use_cpu_kernel(None)
-
-
-def bench_table(
-  shape: tuple[int, ...], dtype: str, rounds: int, kernel_off: bool
-) -> list[Measurement]:
-  """Median step times of each optimizer (and of Ember without its kernel if ``kernel_off``)."""
+def bench_table(shape: tuple[int, ...], dtype: str, rounds: int) -> list[Measurement]:
+  """Median step times of each optimizer on one table, the optimizers interleaved."""
   key_params, key_grads = jax.random.split(jax.random.PRNGKey(0))
   params = (0.02 * jax.random.normal(key_params, shape)).astype(dtype)
   grads = jax.random.normal(key_grads, shape).astype(dtype)
-  setups = {name: (optimizer, compile_step) for name, optimizer in optimizers().items()}
-  if kernel_off:
-    setups = {
-      'ember': setups.pop('ember'),
-      'ember_xla': (ember_optax.ember(LEARNING_RATE), compile_kernel_off),
-      **setups,
-    }
   runs = {}
-  for name, (optimizer, compile_fn) in setups.items():
-    step = compile_fn(optimizer, params, grads)
+  for name, optimizer in optimizers(shape).items():
+    step = compile_step(optimizer, params, grads)
     state = optimizer.init(params)
     runs[name] = {
       'step': step,
@@ -138,7 +166,7 @@ def bench_table(
 
 
 def bench_train_step(preset: str, rounds: int) -> dict[str, float]:
-  """Median ms of a whole GPT train step under optax.adamw and under ember_adamw."""
+  """Median ms of a whole GPT train step under the main job's ``adamw`` and ``ember`` setups."""
   from flax import nnx  # Only this part of the benchmark needs Flax.
 
   settings = PRESETS[preset]
@@ -146,32 +174,23 @@ def bench_train_step(preset: str, rounds: int) -> dict[str, float]:
   tokens = jax.random.randint(
     jax.random.PRNGKey(0), (settings.batch_size, settings.seq_len + 1), 0, config.vocab_size
   )
-
-  def loss_fn(model, tokens):
-    logits = model(tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  @nnx.jit(donate_argnums=(0, 1))
-  def train_step(model, optimizer, tokens):
-    loss, grads = nnx.value_and_grad(loss_fn)(model, tokens)
-    optimizer.update(model, grads)
-    return loss
-
-  setups = {
-    'adamw': optax.adamw(LEARNING_RATE),
-    'ember_adamw': ember_optax.ember_adamw(LEARNING_RATE, vocab_size=config.vocab_size),
-  }
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
   runs = {}
-  for name, tx in setups.items():
-    model = gpt.GPT(config, rngs=nnx.Rngs(0))
-    runs[name] = (model, nnx.Optimizer(model, tx, wrt=nnx.Param), [])
+  for name in ('adamw', 'ember'):
+    graphdef, params = nnx.split(gpt.GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
+    labels = gpt.table_labels(params, config)
+    tx = setups.make_optimizer(setups.Setup(name), labels, learning_rate=LEARNING_RATE)
+    step = jax.jit(step_lib.train_step(graphdef, tx), donate_argnums=(0, 1))
+    runs[name] = {'step': step, 'carry': (params, tx.init(params)), 'times': []}
   for round_index in range(rounds + 2):
-    for model, optimizer, times in runs.values():
+    for run in runs.values():
       start = time.perf_counter()
-      jax.block_until_ready(train_step(model, optimizer, tokens))
+      params, opt_state, loss = run['step'](*run['carry'], inputs, targets)
+      jax.block_until_ready(loss)
+      run['carry'] = (params, opt_state)
       if round_index >= 2:
-        times.append(time.perf_counter() - start)
-  return {name: 1e3 * float(np.median(times)) for name, (_, _, times) in runs.items()}
+        run['times'].append(time.perf_counter() - start)
+  return {name: 1e3 * float(np.median(run['times'])) for name, run in runs.items()}
 
 
 def device_description() -> str:
@@ -185,7 +204,7 @@ def summary_table(tables: Sequence[dict]) -> str:
   """The README's Performance table: milliseconds, ratios and scratch memory per table."""
   names = [m['optimizer'] for m in tables[0]['measurements']] if tables else []
   ratios = [r for r in RATIOS if tables and r in tables[0]['ratios']]
-  temps = [n for n in ('ember', 'ember_xla') if n in names]
+  temps = [n for n in ('ember',) if n in names]
   header = (
     ['table', 'dtype'] + [f'{n} ms' for n in names] + ratios + [f'{n} temp / table' for n in temps]
   )
@@ -201,91 +220,18 @@ def summary_table(tables: Sequence[dict]) -> str:
   return markdown_table(header, rows)
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports bad input as one line on stderr, without the usage text."""
-
-  def error(self, message: str):
-    self.exit(2, f'{self.prog}: error: {message}\n')
-
-
-def _shape(text: str) -> tuple[int, ...]:
-  try:
-    shape = tuple(int(n) for n in text.lower().split('x'))
-  except ValueError:
-    shape = ()
-  if len(shape) < 2 or min(shape) < 1:
-    raise argparse.ArgumentTypeError(
-      f'{text!r} is not a table shape: give positive sizes joined by x, such as 32768x512 '
-      '(leading sizes stack tables: 4x16384x256)'
-    )
-  return shape
-
-
-def _positive(text: str) -> int:
-  if not text.isdigit() or int(text) < 1:
-    raise argparse.ArgumentTypeError(f'{text!r} is not a positive whole number')
-  return int(text)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = _Parser(
-    prog='python -m models.bench_step',
-    description=__doc__.splitlines()[0],
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
-  parser.add_argument(
-    '--shapes',
-    nargs='+',
-    type=_shape,
-    default=list(DEFAULT_SHAPES),
-    metavar='VxD',
-    help='table shapes (leading sizes stack tables)',
-  )
-  parser.add_argument(
-    '--dtypes',
-    nargs='+',
-    choices=DTYPES,
-    default=list(DEFAULT_DTYPES),
-    help='table and gradient dtypes',
-  )
-  parser.add_argument(
-    '--rounds', type=_positive, default=10, help='timed steps per optimizer, after two untimed ones'
-  )
-  parser.add_argument(
-    '--train-preset',
-    choices=[*PRESETS, ''],
-    default='small',
-    help="GPT preset for the whole-train-step comparison ('' to skip it)",
-  )
-  parser.add_argument(
-    '--out',
-    type=pathlib.Path,
-    default=None,
-    help='folder to write bench_step.json into; none: not written',
-  )
-  args = parser.parse_args(argv)
-  # Defaults are strings, which argparse does not convert.
-  args.shapes = [_shape(s) if isinstance(s, str) else s for s in args.shapes]
-  if args.out is not None and args.out.exists() and not args.out.is_dir():
-    parser.error(f'argument --out: {str(args.out)!r} is a file, not a folder')
-  return args
-
-
-def main(argv: list[str] | None = None) -> dict:
-  args = parse_args(argv)
-
+def run(args: StepBenchConfig) -> dict:
+  """Runs the benchmark; returns (and, with ``args.out``, writes) its results."""
+  if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+    raise cli.ConfigError(f'--out {args.out!r} is a file, not a folder')
   peak = PEAK_BANDWIDTH.get(jax.devices()[0].device_kind)
-  kernel = ember_optax.cpu_kernel_status()
-  # Ember without its kernel is a row of its own only where the kernel is in use.
-  kernel_off = kernel.available and jax.default_backend() == 'cpu' and jax.device_count() == 1
   results = {
     'device': device_description(),
     'jax': jax.__version__,
-    'cpu_kernel': kernel._asdict(),
+    'environment': results_lib.environment(),
     'tables': [],
   }
   print(f'{results["device"]}, jax {jax.__version__}')
-  print(f'CPU kernel: {kernel.reason}')
   header = (
     f'{"table":>12} {"dtype":>8} {"optimizer":>9} {"median ms":>9} {"state MB":>9} '
     f'{"temp MB":>8} {"temp/table":>10} {"GB/s":>6}'
@@ -295,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     shape_text = 'x'.join(map(str, shape))
     for dtype in args.dtypes:
       table_bytes = int(np.prod(shape)) * jnp.dtype(dtype).itemsize
-      measurements = bench_table(shape, dtype, args.rounds, kernel_off)
+      measurements = bench_table(shape, dtype, args.rounds)
       by_name = {m.optimizer: m for m in measurements}
       for m in measurements:
         bandwidth = TABLE_ACCESSES[m.optimizer] * table_bytes / (m.median_ms * 1e-3)
@@ -335,17 +281,29 @@ def main(argv: list[str] | None = None) -> dict:
     results['train_step'] = {
       'preset': args.train_preset,
       'median_ms': train,
-      'ratio': train['ember_adamw'] / train['adamw'],
+      'ratio': train['ember'] / train['adamw'],
     }
     print(
       f'\nwhole GPT train step ({args.train_preset}): adamw {train["adamw"]:.1f} ms, '
-      f'ember_adamw {train["ember_adamw"]:.1f} ms, '
-      f'ratio {results["train_step"]["ratio"]:.2f}'
+      f'ember {train["ember"]:.1f} ms, ratio {results["train_step"]["ratio"]:.2f}'
     )
   if args.out:
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'bench_step.json').write_text(json.dumps(results, indent=1))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    results_lib.write_json(Path(args.out) / 'bench_step.json', results)
   return results
+
+
+def build_parser() -> cli.Parser:
+  return cli.parser_for(
+    StepBenchConfig,
+    PROG,
+    __doc__.splitlines()[0],
+  )
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args = build_parser().parse_args(argv)
+  return cli.run_command(PROG, lambda: run(cli.from_args(args, StepBenchConfig)))
 
 
 if __name__ == '__main__':

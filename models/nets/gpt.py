@@ -1,4 +1,4 @@
-"""A decoder-only GPT in Flax NNX (its size presets are in ``models.presets``).
+"""A decoder-only GPT in Flax NNX (its size presets are in ``models.training.presets``).
 
 The model is GPT-2 shaped: token embedding plus learned positions, pre-norm blocks (causal
 self-attention, then an MLP), a final LayerNorm and an LM head. The head is untied by default (its
@@ -116,9 +116,9 @@ class GPT(nnx.Module):
     config: the model's shape.
     rngs: the random streams of the initialization.
     logit_bias_init: the initial value of the head's bias (``config.logit_bias``), for
-      instance the training set's log unigram frequencies (``models.data.log_unigram``), so that
-      the untrained model predicts the unigram distribution instead of the uniform one. Zeros
-      if not given.
+      instance the training set's log unigram frequencies
+      (``models.data.corpus.Corpus.log_unigram``), so that the untrained model predicts the unigram
+      distribution instead of the uniform one. Zeros if not given.
   """
 
   def __init__(

@@ -18,6 +18,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ember_optax.diagnostics import tree_bytes
 from models.data import corpus as data_lib
@@ -83,10 +84,27 @@ class Comparison:
     bias = self.corpus.log_unigram() if self.plan.unigram_bias else None
     return GPT(self.plan.model, rngs=nnx.Rngs(seed), logit_bias_init=bias)
 
-  def optimizer(self, setup: setups_lib.Setup, learning_rates: tuple[float, float], labels):
-    """``setup``'s optimizer at peak learning rates ``(body, tables)`` on the plan's schedule."""
+  def optimizer(
+    self,
+    setup: setups_lib.Setup | str,
+    params,
+    learning_rates: tuple[float, float] | None = None,
+  ) -> optax.GradientTransformation:
+    """``setup``'s optimizer for this GPT's ``params``, routed by the model's own table labels.
+
+    Args:
+      setup: a setup or its name (``"ember"``, ``"ember+muon"``).
+      params: the model's parameters (their labels route the tables).
+      learning_rates: peak ``(body, tables)`` rates on the plan's schedule (default: the plan's
+        for ``setup``).
+    """
     plan = self.plan
+    if isinstance(setup, str):
+      setup = setups_lib.Setup.parse(setup)
+    if learning_rates is None:
+      learning_rates = plan.learning_rates[setup.name]
     body_peak, table_peak = learning_rates
+    labels = table_labels(params, plan.model)
     return setups_lib.make_optimizer(
       setup,
       labels,
@@ -133,11 +151,10 @@ def train_one(
   if learning_rates is None:
     learning_rates = plan.learning_rates[name]
   graphdef, params = nnx.split(comparison.init_model(seed), nnx.Param)
-  labels = table_labels(params, plan.model)
-  tx = comparison.optimizer(setup, learning_rates, labels)
+  tx = comparison.optimizer(setup, params, learning_rates)
   opt_state = tx.init(params)
   state_bytes = {
-    'table_state_bytes': setups_lib.table_state_bytes(opt_state, labels),
+    'table_state_bytes': setups_lib.table_state_bytes(opt_state, table_labels(params, plan.model)),
     'model_state_bytes': tree_bytes(opt_state),
   }
   train_step = jax.jit(step_lib.train_step(graphdef, tx))

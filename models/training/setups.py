@@ -1,4 +1,4 @@
-"""The optimizer setups: one optimizer for the token tables, one for the rest of the model (the body).
+"""The optimizer setups: one optimizer for the token tables, one for the rest (the body).
 
 A setup is data, ``Setup(tables, body)``, named ``"ember"`` (Ember tables, AdamW body) or
 ``"ember+muon"`` (Ember tables, Muon body). Every program builds its optimizer here, from the
@@ -196,4 +196,3 @@ def table_state_bytes(state: Any, labels: Any) -> int:
   ``optax.adamw`` over every parameter, the moments of the table leaves.
   """
   return state_bytes_by_group(state, labels)[ember_optax.TABLE_LABEL]
-

@@ -1,13 +1,14 @@
 """One published model's train-step memory under each optimizer setup, and Ember's extra scratch.
 
-:func:`analyze` builds a ``models.published`` shape from abstract parameters, compiles its train
-step (``models.step_memory``) under each setup of ``models.memory_setups`` at the reported
-batch, searches the largest batch that fits each memory budget (``models.batch_search``) and
-returns a :class:`Measured` per setup: parameter and optimizer-state bytes, the step's memory at
-every batch compiled. With ``devices > 1`` the layout is ``models.fsdp_layout``'s and every byte
-count is per device. :func:`temp_checks` sets Ember's temporaries against AdamW's (the issue's
-criterion: at most 5% of Ember's largest table more). :func:`analysis_child` runs an analysis in
-a process of its own, which JAX starts with the layout's device count.
+:func:`analyze` builds a ``models.nets.published`` shape from abstract parameters, compiles its
+train step (``models.bench.memory.step_memory``) under each setup of
+``models.bench.memory.precision`` at the reported batch, searches the largest batch that fits each
+memory budget (``models.bench.memory.batch_search``) and returns a :class:`Measured` per setup:
+parameter and optimizer-state bytes, the step's memory at every batch compiled. With ``devices > 1``
+the layout is ``models.training.layouts``'s and every byte count is per device. :func:`temp_checks`
+sets Ember's temporaries against AdamW's (the issue's criterion: at most 5% of Ember's largest table
+more). :func:`analysis_child` runs an analysis in a process of its own, which JAX starts with the
+layout's device count.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import jax
 import jax.numpy as jnp
 
 from ember_optax.diagnostics import tree_bytes
-from models.nets import published
 from models.bench.memory.batch_search import largest_fitting_batch
 from models.bench.memory.child_process import ChildProcess
-from models.training.layouts import batch_sharding, fsdp_mesh, shard_shapes
-from models.memory_setups import PRECISIONS, StateBytes, optimizer_state_bytes
-from models.reporting.tables import format_bytes
+from models.bench.memory.precision import PRECISIONS, StateBytes, optimizer_state_bytes
 from models.bench.memory.step_memory import StepBuilder, StepMemory
+from models.nets import published
+from models.reporting.tables import format_bytes
+from models.training.layouts import batch_sharding, fsdp_mesh, shard_shapes
 
 GIB = 2**30
 # The 5% criterion: Ember may add at most this share of its largest table to the step's scratch.

@@ -1,11 +1,7 @@
-"""The optimizer setups of the memory comparison, with float32 statistics, and their state bytes.
+"""The memory benchmark's setups: the main job's, with float32 statistics, and their state bytes.
 
-Setups (the body always gets AdamW; they differ on the token tables only):
-
-* ``adamw``: ``optax.adamw`` on every parameter.
-* ``ember``: ``ember_optax.ember_adamw``: Ember on the tables.
-* ``adafactor``: ``optax.adafactor`` on the tables (``multiply_by_parameter_scale=False``) and
-  ``optax.adamw`` on the body, routed by ``optax.partition``.
+The setups are ``models.training.setups``' (the body gets AdamW; they differ on the token tables),
+at a constant learning rate and without clipping, which keep no state of their own.
 
 Precisions: ``float32`` parameters, or ``bfloat16`` parameters (and activations) with float32
 optimizer statistics. ``optax.adamw`` keeps its second moment in the parameters' dtype whatever
@@ -23,14 +19,12 @@ import jax.numpy as jnp
 import optax
 
 import ember_optax
-from ember_optax.diagnostics import state_bytes_by_group, tree_bytes
+from ember_optax.diagnostics import tree_bytes
+from models.training import setups
 from models.training.layouts import shard_shapes
 
-OPTIMIZERS = ('adamw', 'ember', 'adafactor')
+SETUPS = ('adamw', 'ember', 'adafactor')
 PRECISIONS = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# Label names of ember_optax.token_table_labels: one marks a token table, the other the rest.
-TABLE, BODY = ember_optax.TABLE_LABEL, ember_optax.BODY_LABEL
-ADAFACTOR = 'adafactor'
 LEARNING_RATE = 1e-3
 
 
@@ -76,31 +70,18 @@ def make_optimizer(name: str, labels: Any) -> optax.GradientTransformationExtraA
   """The whole-model optimizer of setup ``name``, with float32 statistics.
 
   Args:
-    name: ``"adamw"``, ``"ember"`` or ``"adafactor"``.
+    name: a setup name (``"adamw"``, ``"ember"``, ``"adafactor"``, ...; ``models.training.setups``).
     labels: ``"token_table"`` or ``"body"`` (the rest) per parameter, as
-      ``ember_optax.token_table_labels`` or ``models.published.table_labels`` give them.
+      ``ember_optax.token_table_labels`` or ``models.nets.published.table_labels`` give them.
 
   Returns:
     The optimizer, wrapped in :func:`float32_statistics`.
   """
-  body = optax.adamw(LEARNING_RATE, mu_dtype=jnp.float32)
-  if name == 'adamw':
-    optimizer = body
-  elif name == 'ember':
-    optimizer = ember_optax.ember_adamw(LEARNING_RATE, labels=labels)
-  elif name == 'adafactor':
-    tables = optax.adafactor(LEARNING_RATE, multiply_by_parameter_scale=False)
-    optimizer = optax.partition({ADAFACTOR: tables, BODY: body}, _setup_labels(name, labels))
-  else:
-    raise ValueError(f'unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}')
-  return float32_statistics(optimizer)
-
-
-def _setup_labels(name: str, labels: Any) -> Any:
-  """The labels under which setup ``name`` keeps the tables' state."""
-  if name != ADAFACTOR:
-    return labels
-  return jax.tree.map(lambda label: ADAFACTOR if label == TABLE else label, labels)
+  try:
+    setup = setups.Setup.parse(name)
+  except ValueError as error:
+    raise ValueError(f'setup {name!r}: {error}') from None
+  return float32_statistics(setups.make_optimizer(setup, labels, learning_rate=LEARNING_RATE))
 
 
 class StateBytes(NamedTuple):
@@ -116,7 +97,7 @@ def optimizer_state_bytes(
   """Optimizer-state bytes of setup ``name`` on ``params``: the token tables' and the model's.
 
   Computed from shapes alone (``jax.eval_shape``), so ``params`` may be abstract; exact on every
-  backend. The tables' share is split out by ``ember_optax.diagnostics.state_bytes_by_group``:
+  backend. The tables' share is ``models.training.setups.table_state_bytes`` of the state:
   AdamW's moments of the table leaves, or the state of the branch that optimizes the tables
   (Ember's or Adafactor's, step count included). Counts shared by the whole model (AdamW's)
   are in ``model`` only.
@@ -137,12 +118,9 @@ def optimizer_state_bytes(
     ...           'w': jax.ShapeDtypeStruct((64, 64), jnp.float32)}
     >>> labels = {'embed': 'token_table', 'w': 'body'}
     >>> optimizer_state_bytes('ember', params, labels)
-    StateBytes(tables=4264, model=37040)
+    StateBytes(tables=4264, model=37036)
   """
   state = jax.eval_shape(make_optimizer(name, labels).init, params)
   if param_shardings is not None:
     state = shard_shapes(state, ember_optax.state_shardings(state, param_shardings))
-  table_label = ADAFACTOR if name == ADAFACTOR else TABLE
-  return StateBytes(
-    state_bytes_by_group(state, _setup_labels(name, labels))[table_label], tree_bytes(state)
-  )
+  return StateBytes(setups.table_state_bytes(state, labels), tree_bytes(state))

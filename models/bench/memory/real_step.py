@@ -1,9 +1,9 @@
 """XLA's memory analysis against reality: the resident memory of really running a train step.
 
-:func:`real_step_memory` compiles the train step of a ``models.gpt`` preset (``small`` by
-default) exactly as ``models.step_memory`` analyzes it, runs it, and measures the process's
-resident set (``/proc/self``, Linux): the growth when the arguments are created, and the peak
-growth of each step. :func:`reality_check` runs it for each optimizer setup in a fresh process,
+:func:`real_step_memory` compiles the train step of a ``models.nets.gpt`` preset (``small`` by
+default) exactly as ``models.bench.memory.step_memory`` analyzes it, runs it, and measures the
+process's resident set (``/proc/self``, Linux): the growth when the arguments are created, and the
+peak growth of each step. :func:`reality_check` runs it for each optimizer setup in a fresh process,
 with glibc's allocator set so that freed buffers go back to the system.
 """
 
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from models.bench.memory.child_process import ChildProcess
-from models.memory_setups import make_optimizer
+from models.bench.memory.precision import make_optimizer
 from models.bench.memory.step_memory import StepBuilder, StepMemory
 
 
@@ -45,7 +45,7 @@ def _wait_for_steady_rss(interval: float = 0.05, timeout: float = 5.0) -> None:
 
 
 def real_step_memory(optimizer: str, preset: str = 'small', repeats: int = 3) -> dict:
-  """Runs the ``models.gpt`` preset's train step and measures the process's resident memory.
+  """Runs the ``models.nets.gpt`` preset's train step and measures the process's resident memory.
 
   Meant for a fresh process started by :func:`reality_check`, which fixes glibc's mmap threshold
   so that freed buffers go back to the system and every step starts from the same resident set.
@@ -59,8 +59,8 @@ def real_step_memory(optimizer: str, preset: str = 'small', repeats: int = 3) ->
   Returns:
     ``{"estimate": StepMemory fields, "arguments_rss": bytes, "step_rss": [bytes per step]}``.
   """
-  from models import gpt  # The reference GPT of the main job; only the reality check needs it.
-  from models.presets import PRESETS
+  from models.nets import gpt  # The reference GPT of the main job; only the reality check needs it.
+  from models.training.presets import PRESETS
 
   settings = PRESETS[preset]
   config = dataclasses.replace(settings.model, vocab_size=settings.vocab_size)

@@ -1,19 +1,20 @@
 """What Ember frees in a whole train step of published models, from XLA's memory analysis.
 
-For each published decoder shape (``models.published``: GPT-2 small, Llama-3-8B, Gemma-3-1B,
-Qwen2.5-0.5B), each precision and each optimizer setup (``models.memory_setups``: ``adamw``,
-``ember``, ``adafactor``; float32 statistics in every precision), the whole train step is
+For each published decoder shape (``models.nets.published``: GPT-2 small, Llama-3-8B, Gemma-3-1B,
+Qwen2.5-0.5B), each precision and each optimizer setup (``models.bench.memory.precision``:
+``adamw``, ``ember``, ``adafactor``; float32 statistics in every precision), the whole train step is
 compiled ahead of time from abstract parameters and its memory read from XLA's analysis
-(``models.step_memory``); nothing is allocated and nothing runs, so an 8B-parameter model is
-measured on a laptop.
+(``models.bench.memory.step_memory``); nothing is allocated and nothing runs, so an 8B-parameter
+model is measured on a laptop.
 
-Also measured: the largest batch that fits in a memory budget (``models.batch_search``), the
-estimate against the resident memory of really running the step (``small`` GPT of
-``models.gpt``; ``models.real_step_memory``), and the same analysis per device on 8 virtual CPU
-devices with a fully sharded layout (``models.fsdp_layout``). Every shape and layout is analyzed
-(``models.memory_analysis``) in a process of its own (``models.child_process``; ``--jobs`` at a
-time); the sharded ones start JAX with the virtual devices. This module runs them and reports:
-Markdown tables, a bar plot per model, the JSON of every number.
+Also measured: the largest batch that fits in a memory budget
+(``models.bench.memory.batch_search``), the estimate against the resident memory of really running
+the step (``small`` GPT of ``models.nets.gpt``; ``models.bench.memory.real_step``), and the same
+analysis per device on 8 virtual CPU devices with a fully sharded layout
+(``models.training.layouts``). Every shape and layout is analyzed (``models.bench.memory.analysis``)
+in a process of its own (``models.bench.memory.child_process``; ``--jobs`` at a time); the sharded
+ones start JAX with the virtual devices. This module runs them and reports: Markdown tables, a bar
+plot per model, the JSON of every number.
 
 Which numbers hold where: optimizer-state bytes, arguments (parameters + state + the token batch),
 outputs and donated (aliased) bytes follow from shapes and dtypes alone and are the same on every
@@ -22,17 +23,15 @@ assignment; a GPU or TPU compiler fuses and schedules differently, so take them 
 
 Run::
 
-  python -m models.bench_memory --out models/results/bench_memory
-  python -m models.bench_memory --models gpt2 --precisions bfloat16 --devices 0
+  python -m models.bench.memory --out models/bench/results/bench_memory
+  python -m models.bench.memory --models gpt2 --precisions bfloat16 --devices 0
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import dataclasses
 import functools
-import json
 import os
 from pathlib import Path
 import resource
@@ -41,9 +40,7 @@ import time
 
 import jax
 
-from models.nets import published
-from models.bench.memory.child_process import run_children
-from models.cli import Parser
+from models import cli
 from models.bench.memory.analysis import (
   GIB,
   TEMP_ALLOWANCE,
@@ -52,12 +49,17 @@ from models.bench.memory.analysis import (
   analysis_child,
   temp_checks,
 )
-from models.memory_setups import OPTIMIZERS, PRECISIONS
+from models.bench.memory.child_process import run_children
+from models.bench.memory.precision import PRECISIONS, SETUPS
 from models.bench.memory.real_step import reality_child
-from models.reporting.tables import format_bytes, markdown_table
 from models.bench.memory.step_memory import StepMemory
+from models.cli import ConfigError, option
+from models.nets import published
+from models.reporting import results as results_lib
+from models.reporting.tables import format_bytes, markdown_table
 
-DEFAULT_BUDGETS_GIB = (16, 24, 80)
+PROG = 'python -m models.bench.memory'
+DEFAULT_BUDGETS_GIB = (16.0, 24.0, 80.0)
 
 
 # -- Report ----------------------------------------------------------------------------------
@@ -91,7 +93,7 @@ def summary_table(measured: Sequence[Measured]) -> str:
         precision,
         f'{format_bytes(adamw.state.tables)} → {format_bytes(ember.state.tables)}',
         f'{format_bytes(adamw.state.model)} → {format_bytes(ember.state.model)}',
-        ' / '.join(format_bytes(by_name[n].step.total) for n in OPTIMIZERS if n in by_name),
+        ' / '.join(format_bytes(by_name[n].step.total) for n in SETUPS if n in by_name),
         f'{format_bytes(saved)} ({_share(saved, adamw.step.total)})',
       )
     )
@@ -103,7 +105,7 @@ def summary_table(measured: Sequence[Measured]) -> str:
       'precision',
       'opt. state, tables: AdamW → Ember',
       'opt. state, model: AdamW → Ember',
-      'step total: ' + ' / '.join(n for n in OPTIMIZERS),
+      'step total: ' + ' / '.join(n for n in SETUPS),
       "Ember saves (share of AdamW's step)",
     ),
     rows,
@@ -335,7 +337,8 @@ def report(results: dict) -> str:
     probe = next(iter(results['reality'].values()))['matmul_probe']
     lines += [
       '',
-      f'## Analysis against a real run ({cfg["reality_preset"]} GPT of `models.gpt`, one device)',
+      f'## Analysis against a real run ({cfg["reality_preset"]} GPT of `models.nets.gpt`, '
+      'one device)',
       '',
       reality_table(results['reality']),
       '',
@@ -349,110 +352,85 @@ def report(results: dict) -> str:
 # -- Command line ----------------------------------------------------------------------------
 
 
-def build_parser() -> Parser:
-  parser = Parser(
-    prog='python -m models.bench_memory',
-    description='Memory of a whole train step at published model shapes under AdamW, Ember and '
+@dataclasses.dataclass(frozen=True)
+class MemoryBenchConfig:
+  """The memory benchmark's settings."""
+
+  models: tuple[str, ...] = option(
+    tuple(published.SHAPES), 'published shapes to analyze', choices=tuple(published.SHAPES)
+  )
+  optimizers: tuple[str, ...] = option(
+    SETUPS, 'optimizer setups (the body always gets AdamW)', choices=SETUPS
+  )
+  precisions: tuple[str, ...] = option(
+    tuple(PRECISIONS),
+    'parameter dtype; optimizer statistics are float32 in both',
+    choices=tuple(PRECISIONS),
+  )
+  batch: int = option(8, 'sequences per device of the reported step')
+  seq_len: int = option(1024, 'tokens per sequence')
+  budgets: tuple[float, ...] = option(
+    DEFAULT_BUDGETS_GIB, 'memory budgets (GiB per device) for the largest-batch search'
+  )
+  devices: int = option(
+    8, 'virtual CPU devices of the FSDP analysis, run in a subprocess (0 or 1: skip it)'
+  )
+  fsdp_budgets: tuple[float, ...] = option(
+    (80.0,), 'memory budgets (GiB per device) searched in the FSDP analysis', nargs='*'
+  )
+  jobs: int = option(2, 'analyses run at once, each in its own process')
+  remat: bool = option(True, "recompute each layer's activations in the backward pass")
+  reality_check: bool = option(
+    True,
+    "also run the small GPT's step and compare its resident memory with the analysis (one "
+    'device, Linux)',
+  )
+  out: str | None = option(
+    None, 'folder for bench_memory.json, bench_memory.md and one PNG per model (default: none)'
+  )
+
+
+def build_parser() -> cli.Parser:
+  return cli.parser_for(
+    MemoryBenchConfig,
+    PROG,
+    'Memory of a whole train step at published model shapes under AdamW, Ember and '
     "Adafactor, from XLA's memory analysis of the compiled step (compile only).",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
-  parser.add_argument(
-    '--models',
-    nargs='+',
-    default=list(published.SHAPES),
-    choices=list(published.SHAPES),
-    help='published shapes to analyze',
-  )
-  parser.add_argument(
-    '--optimizers',
-    nargs='+',
-    default=list(OPTIMIZERS),
-    choices=OPTIMIZERS,
-    help='optimizer setups (the body always gets AdamW)',
-  )
-  parser.add_argument(
-    '--precisions',
-    nargs='+',
-    default=list(PRECISIONS),
-    choices=list(PRECISIONS),
-    help='parameter dtype; optimizer statistics are float32 in both',
-  )
-  parser.add_argument(
-    '--batch', type=int, default=8, help='sequences per device of the reported step'
-  )
-  parser.add_argument('--seq-len', type=int, default=1024, help='tokens per sequence')
-  parser.add_argument(
-    '--budgets',
-    nargs='+',
-    type=float,
-    default=list(DEFAULT_BUDGETS_GIB),
-    help='memory budgets (GiB per device) for the largest-batch search',
-  )
-  parser.add_argument(
-    '--devices',
-    type=int,
-    default=8,
-    help='virtual CPU devices of the FSDP analysis, run in a subprocess (0 or 1: skip it)',
-  )
-  parser.add_argument(
-    '--fsdp-budgets',
-    nargs='*',
-    type=float,
-    default=[80],
-    help='memory budgets (GiB per device) searched in the FSDP analysis',
-  )
-  parser.add_argument(
-    '--jobs', type=int, default=2, help='analyses run at once, each in its own process'
-  )
-  parser.add_argument(
-    '--remat',
-    action=argparse.BooleanOptionalAction,
-    default=True,
-    help="recompute each layer's activations in the backward pass",
-  )
-  parser.add_argument(
-    '--reality-check',
-    action=argparse.BooleanOptionalAction,
-    default=True,
-    help="also run the small GPT's step and compare its resident memory with "
-    'the analysis (one device, Linux)',
-  )
-  parser.add_argument(
-    '--out',
-    type=Path,
-    default=None,
-    help='folder for bench_memory.json, bench_memory.md and one PNG per model',
-  )
-  return parser
 
 
-def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check(args: MemoryBenchConfig) -> None:
+  """Raises ``ConfigError`` naming the first setting that cannot be run."""
   if args.batch < 1:
-    parser.error(f'--batch must be at least 1, got {args.batch}')
+    raise ConfigError(f'--batch must be at least 1, got {args.batch}')
   if args.seq_len < 1:
-    parser.error(f'--seq-len must be at least 1, got {args.seq_len}')
+    raise ConfigError(f'--seq-len must be at least 1, got {args.seq_len}')
   for model in args.models:
     positions = published.SHAPES[model].max_positions
     if positions and args.seq_len > positions:
-      parser.error(
+      raise ConfigError(
         f"--seq-len {args.seq_len} is longer than {model}'s {positions} learned "
         'positions; pass --seq-len at most that, or leave that model out (--models)'
       )
   for flag, budgets in (('--budgets', args.budgets), ('--fsdp-budgets', args.fsdp_budgets)):
     if any(b <= 0 for b in budgets):
-      parser.error(f'{flag} must be positive GiB, got {budgets}')
+      raise ConfigError(f'{flag} must be positive GiB, got {list(budgets)}')
   if args.devices < 0:
-    parser.error(f'--devices must be 0 or more, got {args.devices}')
+    raise ConfigError(f'--devices must be 0 or more, got {args.devices}')
   if args.jobs < 1:
-    parser.error(f'--jobs must be at least 1, got {args.jobs}')
+    raise ConfigError(f'--jobs must be at least 1, got {args.jobs}')
   if args.reality_check and not Path('/proc/self/clear_refs').exists():
-    parser.error('--reality-check reads /proc/self (Linux); pass --no-reality-check')
+    raise ConfigError('--reality-check reads /proc/self (Linux); pass --no-reality-check')
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  _check_args(parser, args)
+  args = build_parser().parse_args(argv)
+  return cli.run_command(PROG, lambda: run(cli.from_args(args, MemoryBenchConfig), argv))
+
+
+def run(args: MemoryBenchConfig, argv: Sequence[str] | None = None) -> dict:
+  """Runs the benchmark; returns (and, with ``args.out``, writes) its results."""
+  check(args)
   start = time.perf_counter()
   options = dict(
     optimizers=args.optimizers, batch=args.batch, seq_len=args.seq_len, remat=args.remat
@@ -495,17 +473,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
   children = resource.getrusage(resource.RUSAGE_CHILDREN)
   own = resource.getrusage(resource.RUSAGE_SELF)
   results = {
-    'command': ' '.join(
-      ['python -m models.bench_memory', *(argv if argv is not None else sys.argv[1:])]
-    ),
+    'command': ' '.join([PROG, *(argv if argv is not None else sys.argv[1:])]),
     'date': time.strftime('%Y-%m-%d'),
     'jax': jax.__version__,
     'machine': f'{os.cpu_count()}-core CPU',
     'config': {
       **options,
-      'budgets_gib': args.budgets,
+      'budgets_gib': list(args.budgets),
       'devices': args.devices,
-      'fsdp_budgets_gib': args.fsdp_budgets,
+      'fsdp_budgets_gib': list(args.fsdp_budgets),
       'jobs': args.jobs,
       'reality_preset': 'small',
     },
@@ -519,14 +495,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
   text = report(results)
   print(text)
   if args.out:
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'bench_memory.json').write_text(json.dumps(results, indent=1))
-    (args.out / 'bench_memory.md').write_text(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_lib.write_json(out / 'bench_memory.json', results)
+    (out / 'bench_memory.md').write_text(text)
     panels = {'one device': single}
     if sharded:
       panels[f'{args.devices} devices, FSDP, per device'] = sharded
     for shape in shapes:
-      bar_plot(shape, panels, args.out / f'{shape.name}.png')
+      bar_plot(shape, panels, out / f'{shape.name}.png')
   return results
 
 
@@ -534,4 +511,4 @@ if __name__ == '__main__':
   try:
     main()
   except (RuntimeError, ValueError, OSError) as error:
-    sys.exit(f'python -m models.bench_memory: error: {error}')
+    sys.exit(f'python -m models.bench.memory: error: {error}')

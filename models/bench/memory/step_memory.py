@@ -26,8 +26,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import optax
 
 import ember_optax
+from models.bench.memory.precision import make_optimizer
 from models.training.layouts import batch_sharding, fsdp_shardings
-from models.memory_setups import make_optimizer
 
 # XLA options of every compile. The backend (LLVM) optimization level acts after buffer
 # assignment, so the memory analysis does not depend on it (tested); level 0 halves compile time.
@@ -102,7 +102,7 @@ class StepBuilder:
     graphdef: the model's graph (``nnx.split``).
     params: the parameters as a pure dict (abstract or concrete).
     labels: ``"token_table"``/``"body"`` per parameter.
-    optimizer: setup name (see ``models.memory_setups.make_optimizer``).
+    optimizer: setup name (see ``models.bench.memory.precision.make_optimizer``).
     seq_len: tokens per sequence.
     mesh: a one-axis device mesh for the FSDP layout, or ``None`` for one device.
     stacked: whether a parameter (by key path) is stacked over layers (scanned).

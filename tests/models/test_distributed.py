@@ -24,7 +24,7 @@ from models import distributed
 
 pytestmark = [pytest.mark.multidevice, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 V, D = checks.V, checks.D
 COLLECTIVE_OPS = {'all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute', 'all-to-all'}
 
@@ -42,7 +42,7 @@ def eight_devices(tmp_path_factory):
   """``(report, out_dir)`` of ``tests/multidevice_checks.py`` run on 8 CPU devices."""
   out = tmp_path_factory.mktemp('eight_devices')
   proc = subprocess.run(
-    [sys.executable, str(ROOT / 'tests' / 'multidevice_checks.py'), str(out)],
+    [sys.executable, str(ROOT / 'tests' / 'models' / 'multidevice_checks.py'), str(out)],
     env=_env(8),
     cwd=ROOT,
     capture_output=True,

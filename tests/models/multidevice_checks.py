@@ -17,7 +17,7 @@ import sys
 import tempfile
 import traceback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import jax  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
@@ -139,7 +139,7 @@ def check_gpt_optimizer_hlo(layout):
   from flax import nnx
 
   distributed, config, mesh = gpt_setup(layout)
-  from models.gpt import GPT
+  from models.nets.gpt import GPT
 
   params = nnx.to_pure_dict(nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)[1])
   tx = distributed.make_optimizer(config)

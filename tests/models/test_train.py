@@ -11,13 +11,19 @@ import sys
 
 import pytest
 
-from models.bench import quality as bench_quality
+from models import distributed
 from models import train as train_lib
+from models.bench import quality as bench_quality
+from models.bench import step as bench_step
+from models.bench.memory import run as bench_memory
+from models.reporting import results as results_lib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize('module', [train_lib, bench_quality])
+@pytest.mark.parametrize(
+  'module', [train_lib, bench_quality, bench_step, bench_memory, distributed]
+)
 def test_every_flag_has_help_with_its_default(module):
   parser = module.build_parser()
   for action in parser._actions:
@@ -46,8 +52,9 @@ def _tiny(corpus_dir, cache_dir, *more):
     (['--steps', '0'], '--steps must be an integer >= 1, got 0'),
     (['--lr', '-0.001'], '--lr must be a finite number in (0, inf), got -0.001'),
     (['--lr', 'nan'], '--lr must be a finite number'),
-    (['--lr-for', 'sgd=1e-3'], "--lr-for: unknown setup 'sgd'"),
-    (['--lr-for', 'ember'], 'expects SETUP=LR'),
+    (['--lr-for', 'sgd=1e-3'], "--lr-for: setup 'sgd': unknown table optimizer 'sgd'"),
+    (['--lr-for', 'ember'], 'expects NAME=VALUE'),
+    (['--setups', 'ember+lion'], "--setups: setup 'ember+lion': unknown body optimizer 'lion'"),
     (['--setups', 'adamw', '--lr-for', 'ember=1e-3'], 'not among --setups adamw'),
     (['--b2', '1.0'], '--b2 must be a finite number in [0, 1)'),
     (['--clip-norm', '-1'], '--clip-norm'),
@@ -120,7 +127,7 @@ def test_default_output_folder(corpus_dir, cache_dir, tmp_path, monkeypatch, cap
   (folder,) = (tmp_path / 'out' / 'train').iterdir()
   assert folder.name[:8].isdigit() and (folder / 'loss_curves.png').exists()
   assert json.loads((folder / 'results.json').read_text())['runs'] == json.loads(
-    json.dumps(results['runs'])
+    results_lib.dumps(results['runs'])
   )
   assert str(Path('out') / 'train' / folder.name / 'results.json') in capsys.readouterr().out
 

@@ -7,14 +7,14 @@ import dataclasses
 
 import pytest
 
-from models.data import corpus as data_lib
 from models import train as train_lib
-from models import training
+from models.data import corpus as data_lib
+from models.training import loop
 from models.training.config import ConfigError
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch, capsys):
   config = dataclasses.replace(
     tiny_config, setups=('adamw', 'ember'), seeds=(0,), steps=30, eval_every=10
   )
@@ -35,14 +35,18 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
         raise KeyboardInterrupt
       yield batch
 
-  monkeypatch.setattr(training.data_lib, 'train_batches', second_run_stops)
+  monkeypatch.setattr(loop.data_lib, 'train_batches', second_run_stops)
   with pytest.raises(KeyboardInterrupt):
     train_lib.run(resumable, verbose=False)
   monkeypatch.undo()
   assert (tmp_path / 'ckpt' / 'adamw-seed0' / 'result.json').exists()
   assert not (tmp_path / 'ckpt' / 'ember-seed0' / 'result.json').exists()
 
-  resumed = train_lib.run(resumable, verbose=False)['runs']
+  capsys.readouterr()
+  resumed = train_lib.run(dataclasses.replace(resumable, progress=False))['runs']
+  out = capsys.readouterr().out
+  assert '[train] adamw seed 0: finished earlier, read from' in out
+  assert '[train] ember seed 0: resumed from step 20 of 30' in out
   for a, b in zip(through, resumed, strict=True):
     assert a['params_sha256'] == b['params_sha256'], a['setup']
     for key in ('final_val_loss', 'rare_val_loss', 'train_loss_curve', 'val_loss_curve'):

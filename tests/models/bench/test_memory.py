@@ -1,4 +1,4 @@
-"""The memory bench (``models.bench_memory`` and the modules it runs): exact optimizer-state
+"""The memory bench (``models.bench.memory`` and the modules it runs): exact optimizer-state
 bytes, Ember's scratch against AdamW's, the batch search, the real run and the command line, on
 small shapes (the published ones are the bench's own job; their parameter counts are checked
 here, from shapes alone)."""
@@ -14,15 +14,12 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from models import (
-  batch_search,
-  bench_memory,
-  memory_analysis,
-  memory_setups,
-  published,
-  real_step_memory,
-  step_memory,
-)
+from models.bench.memory import analysis as memory_analysis
+from models.bench.memory import batch_search, step_memory
+from models.bench.memory import precision as memory_setups
+from models.bench.memory import real_step as real_step_memory
+from models.bench.memory import run as bench_memory
+from models.nets import published
 
 FLOAT32_BYTES = 4
 COUNT_BYTES = 4  # An int32 step count.
@@ -88,8 +85,7 @@ def test_table_state_is_exactly_v_plus_d_plus_1_floats_per_table(tying, precisio
   adam = sum(2 * v * d for v, d in tables) * FLOAT32_BYTES
   body_adam = 2 * (n_params - shape.table_params()) * FLOAT32_BYTES
   state = {
-    name: memory_setups.optimizer_state_bytes(name, params, labels)
-    for name in memory_setups.OPTIMIZERS
+    name: memory_setups.optimizer_state_bytes(name, params, labels) for name in memory_setups.SETUPS
   }
   # Ember: row (V,), col (D,) and scale () per table, and one step count for all of them.
   assert state['ember'].tables == factored + COUNT_BYTES
@@ -103,7 +99,7 @@ def test_table_state_is_exactly_v_plus_d_plus_1_floats_per_table(tying, precisio
     assert state[name].model == body_adam + COUNT_BYTES + state[name].tables
 
 
-@pytest.mark.parametrize('name', memory_setups.OPTIMIZERS)
+@pytest.mark.parametrize('name', memory_setups.SETUPS)
 def test_statistics_stay_float32_for_bfloat16_parameters(name):
   params = {
     'embed': jnp.full((64, 16), 0.1, jnp.bfloat16),
@@ -171,13 +167,10 @@ def _step_memory(shape, optimizer, precision, batch=2, seq_len=64, options=None)
 
 
 def _extra_temp_share(shape, precision, batch=2, seq_len=64):
-  """Ember's temporaries minus AdamW's, as a share of the largest table; and whether Ember's
-  step calls ember_optax's CPU kernel (built at install where a C++ compiler is present)."""
-  ember = _compiled_step(shape, 'ember', precision, batch, seq_len)
+  """Ember's temporaries minus AdamW's, as a share of the largest table."""
+  ember = _step_memory(shape, 'ember', precision, batch, seq_len)
   adamw = _step_memory(shape, 'adamw', precision, batch, seq_len)
-  extra = step_memory.StepMemory.of(ember).temp - adamw.temp
-  uses_kernel = 'ember_squared_sums' in ember.as_text()
-  return extra / memory_analysis.largest_table_bytes(shape, precision), uses_kernel
+  return (ember.temp - adamw.temp) / memory_analysis.largest_table_bytes(shape, precision)
 
 
 @pytest.mark.parametrize(
@@ -200,25 +193,24 @@ def _extra_temp_share(shape, precision, batch=2, seq_len=64):
 def test_ember_adds_no_temporary_over_adamw_larger_than_5_percent_of_a_table(
   shape, precision, batch
 ):
-  share, _ = _extra_temp_share(shape, precision, batch)
+  share = _extra_temp_share(shape, precision, batch)
   assert share <= memory_analysis.TEMP_ALLOWANCE
 
 
 def test_ember_adds_no_table_sized_temporary_on_a_long_row_head():
-  """A (D, V) head with rows of 1 MiB (V = 262144 in float32), on the CPU kernel's path too."""
+  """A (D, V) head with rows of 1 MiB (V = 262144 in float32)."""
   shape = small_shape(vocab_size=262144, d_model=64, head_dim=16, d_ff=128, n_layers=1)
-  share, _ = _extra_temp_share(shape, 'float32', batch=1, seq_len=16)
+  share = _extra_temp_share(shape, 'float32', batch=1, seq_len=16)
   assert share <= memory_analysis.TEMP_ALLOWANCE
 
 
-def test_a_small_bfloat16_model_pays_at_most_one_gradient_copy_for_the_kernel():
-  """The CPU kernel is a custom call, whose operand XLA must materialize: a bfloat16 gradient
-  that XLA:CPU computes in float32 and converts gets a bfloat16 copy, which AdamW's fused update
-  never needs. On this tiny model at batch 1 the copy lands on the step's peak; it is never more
-  than that one copy (the README's memory section)."""
-  share, uses_kernel = _extra_temp_share(SMALL_SHAPES['untied'], 'bfloat16', batch=1)
-  bound = 1 + memory_analysis.TEMP_ALLOWANCE if uses_kernel else memory_analysis.TEMP_ALLOWANCE
-  assert share <= bound
+def test_a_small_bfloat16_model_pays_at_most_one_gradient_copy():
+  """On CPU the statistics' reductions are fenced by optimization barriers, whose operand XLA
+  must materialize: a bfloat16 gradient that XLA:CPU computes in float32 and converts gets a
+  bfloat16 copy, which AdamW's fused update never needs. On this tiny model at batch 1 the copy
+  lands on the step's peak; it is never more than that one copy (models/README.md, Memory)."""
+  share = _extra_temp_share(SMALL_SHAPES['untied'], 'bfloat16', batch=1)
+  assert share <= 1 + memory_analysis.TEMP_ALLOWANCE
 
 
 def test_the_state_ember_frees_shows_in_the_step_arguments_byte_for_byte():
@@ -291,8 +283,7 @@ def test_bench_on_a_small_shape_end_to_end(monkeypatch, tmp_path):
   measured = _check_results(results, devices=1)
   _, params, labels = abstract(SMALL_SHAPES['tied'], 'float32')
   assert {m.optimizer: m.state for m in measured} == {
-    name: memory_setups.optimizer_state_bytes(name, params, labels)
-    for name in memory_setups.OPTIMIZERS
+    name: memory_setups.optimizer_state_bytes(name, params, labels) for name in memory_setups.SETUPS
   }
   written = json.loads((tmp_path / 'bench_memory.json').read_text())
   assert written['single'] == results['single']
@@ -365,12 +356,12 @@ def test_bad_input_is_one_line_on_stderr(argv, capsys):
     bench_memory.main(argv)
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
-  assert len(err.strip().splitlines()) == 1 and err.startswith('python -m models.bench_memory')
+  assert len(err.strip().splitlines()) == 1 and err.startswith('python -m models.bench.memory')
 
 
 def test_command_line_bad_input_exits_without_traceback():
   process = subprocess.run(
-    [sys.executable, '-m', 'models.bench_memory', '--seq-len', 'x'],
+    [sys.executable, '-m', 'models.bench.memory', '--seq-len', 'x'],
     capture_output=True,
     text=True,
     timeout=120,

@@ -1,0 +1,1 @@
+"""The benchmarks (quality, step, memory), their helpers and their committed ``results/``."""

@@ -1,0 +1,1 @@
+"""The memory benchmark, ``python -m models.bench.memory`` (``run``), and its helpers."""

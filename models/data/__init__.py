@@ -1,0 +1,1 @@
+"""The data: the embedded corpus, its tokenizer, train/validation split and batches."""

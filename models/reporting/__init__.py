@@ -1,0 +1,1 @@
+"""Reporting: statistics over seeds, Markdown tables, plots and strict JSON results."""

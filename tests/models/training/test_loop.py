@@ -1,0 +1,93 @@
+"""The main job's loop on the tiny preset: it trains, records, and is deterministic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+import ember_optax
+from models import train as train_lib
+from models.training.config import DEFAULT_SETUPS, resolve
+from models.training.loop import Comparison
+from models.training.presets import PRESETS
+
+
+def test_initial_loss_is_at_most_uniform(tiny_config):
+  """With the unigram bias the untrained model predicts the unigram distribution; without it,
+  about the uniform one. Either way the loss starts at or below ln V (+ 0.1)."""
+  corpus = Comparison.build(resolve(tiny_config), verbose=False).corpus
+  for unigram_bias in (True, False):
+    config = dataclasses.replace(
+      tiny_config, setups=('adamw',), seeds=(0,), steps=1, unigram_bias=unigram_bias
+    )
+    (run,) = train_lib.run(config, corpus=corpus, verbose=False)['runs']
+    assert run['initial_val_loss'] <= math.log(512) + 0.1, unigram_bias
+    if unigram_bias:
+      counts = corpus.train_counts + 1.0
+      unigram = -np.log(counts / counts.sum())[corpus.val_tokens.astype(np.int64)].mean()
+      assert run['initial_val_loss'] == pytest.approx(unigram, abs=0.15)
+
+
+def test_tiny_preset_trains_under_each_setup(tiny_results):
+  results, _ = tiny_results
+  runs = results['runs']
+  assert {r['setup'] for r in runs} == set(DEFAULT_SETUPS)
+  assert {r['seed'] for r in runs} == {0, 1}
+  for r in runs:
+    start = r['initial_val_loss']
+    # Well below the unigram start: the model learns more than token frequencies.
+    assert r['final_val_loss'] < start - 0.75, (r['setup'], start, r['final_val_loss'])
+    assert r['final_train_loss'] < r['train_loss_curve'][0][1] - 0.75, r['setup']
+    curve = [v for _, v in r['val_loss_curve']]
+    assert curve[-1] < curve[len(curve) // 2], (r['setup'], curve)  # Still falling.
+    assert np.isfinite(r['rare_val_loss'])
+  # Same initialization for every setup of a seed: identical starting validation loss.
+  for seed in (0, 1):
+    assert len({r['initial_val_loss'] for r in runs if r['seed'] == seed}) == 1
+  by_setup = {r['setup']: r for r in runs if r['seed'] == 0}
+  # Ember keeps V + D + 1 floats per table (plus step counts) instead of AdamW's 2 V D.
+  assert by_setup['ember']['table_state_bytes'] < by_setup['adamw']['table_state_bytes'] / 50
+  assert by_setup['ember']['model_state_bytes'] < by_setup['adamw']['model_state_bytes']
+
+
+def test_results_json_records_runs_summary_and_environment(tiny_results):
+  results, out = tiny_results
+
+  def reject(constant):
+    raise ValueError(f'results.json holds {constant}, which is not JSON')
+
+  saved = json.loads((out / 'results.json').read_text(), parse_constant=reject)
+  assert saved['config']['preset'] == 'tiny'
+  assert saved['plan']['steps'] == PRESETS['tiny'].steps
+  env = saved['environment']
+  for package in ('jax', 'jaxlib', 'optax', 'flax', 'ember_optax'):
+    assert env['versions'][package], package
+  assert env['versions']['ember_optax'] == ember_optax.__version__
+  assert env['corpus_cache'] and env['device']
+  for r in saved['runs']:
+    assert len(r['train_loss_curve']) == PRESETS['tiny'].steps
+    # The plot's last validation point is the final evaluation that the table reports.
+    assert r['val_loss_curve'][-1] == [PRESETS['tiny'].steps, r['final_val_loss']]
+  for setup, s in saved['summary'].items():
+    final = [r['final_val_loss'] for r in saved['runs'] if r['setup'] == setup]
+    assert s['final_val_loss']['mean'] == pytest.approx(np.mean(final))
+    assert s['final_val_loss']['spread'] == pytest.approx(max(final) - min(final))
+  ember = {r['seed']: r['final_val_loss'] for r in saved['runs'] if r['setup'] == 'ember'}
+  adamw = {r['seed']: r['final_val_loss'] for r in saved['runs'] if r['setup'] == 'adamw'}
+  paired = saved['paired']['adamw']['final_val_loss']
+  assert paired['values'] == pytest.approx([ember[s] - adamw[s] for s in (0, 1)])
+  assert all(f'| {setup} |' in saved['table'] for setup in DEFAULT_SETUPS)
+  assert (out / 'loss_curves.png').stat().st_size > 1000
+
+
+def test_runs_are_deterministic(tiny_config, tiny_results):
+  results, _ = tiny_results
+  config = dataclasses.replace(tiny_config, setups=('ember',), seeds=(1,))
+  (again,) = train_lib.run(config, verbose=False)['runs']
+  (first,) = [r for r in results['runs'] if r['setup'] == 'ember' and r['seed'] == 1]
+  assert again['params_sha256'] == first['params_sha256']
+  assert again['final_val_loss'] == first['final_val_loss']
