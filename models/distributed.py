@@ -29,6 +29,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
+import optax
 
 from ember_optax import state_shardings
 from models import cli
@@ -54,6 +55,17 @@ def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
+def make_optimizer(config: GPTConfig, params, lr: float = 1e-2) -> optax.GradientTransformation:
+  """The main job's ``ember`` setup for the GPT's ``params``, routed by its own table labels."""
+  labels = table_labels(params, config)
+  return setups.make_optimizer(setups.Setup('ember'), labels, learning_rate=lr)
+
+
+def layout_specs(config: GPTConfig, params, layout: str, n_devices: int):
+  """A ``PartitionSpec`` per parameter of the GPT for ``layout`` (``models.training.layouts``)."""
+  return param_specs(params, layout, n_devices, token_tables=table_labels(params, config))
+
+
 def train(
   config: GPTConfig,
   *,
@@ -75,10 +87,8 @@ def train(
   graphdef, state = nnx.split(model, nnx.Param)
   host_params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
   del model, state
-  labels = table_labels(host_params, config)
-  tx = setups.make_optimizer(setups.Setup('ember'), labels, learning_rate=lr)
-
-  specs = param_specs(host_params, layout, mesh.shape['x'], token_tables=labels)
+  tx = make_optimizer(config, host_params, lr)
+  specs = layout_specs(config, host_params, layout, mesh.shape['x'])
   p_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   params = jax.tree.map(global_array, host_params, p_shardings)
   s_shardings = state_shardings(jax.eval_shape(tx.init, params), p_shardings)

@@ -31,8 +31,8 @@ class TrainConfig:
 
   Learning rates: ``lr`` is the peak learning rate of every parameter group of every setup, and
   ``table_lr`` that of the token tables; ``lr_for`` / ``table_lr_for`` set them per setup
-  (``{"ember": 3e-3}``). Precedence, for the body: ``lr_for``, ``lr``, the preset's rate for the
-  setup; for the tables: ``table_lr_for``, ``table_lr``, the body's. Every group follows the same
+  (``{"ember": 3e-3}``). Precedence, for the body: ``lr_for``, ``lr``, the preset's tuned rate;
+  for the tables: ``table_lr_for``, ``table_lr``, the body's. Every group follows the same
   schedule shape: linear warm-up, then cosine decay to a tenth of the peak.
   """
 
@@ -55,8 +55,7 @@ class TrainConfig:
   seq_len: int | None = option(None, "tokens per sequence (default: the preset's)")
   lr: float | None = option(
     None,
-    "peak learning rate of every group of every setup (default: each setup's tuned rate "
-    'from the preset)',
+    "peak learning rate of every group of every setup (default: the preset's tuned rate)",
   )
   table_lr: float | None = option(
     None, "peak learning rate of the token tables of every setup (default: the body's)"

@@ -57,8 +57,8 @@ def test_reproduces_reference_trajectories(case):
 
 
 @pytest.mark.parametrize('shape', [(37, 11), (3, 20, 5), (2, 2, 9, 4), (3000, 7)])
-def test_matches_float64_rule_on_stacked_and_chunked_tables(shape):
-  # (3000, 7) spans several chunks of the single-pass kernel plus a remainder.
+def test_matches_float64_rule_on_stacked_and_tall_tables(shape):
+  # A tall table (3000, 7) next to stacked ones.
   rng = np.random.default_rng(0)
   lr, b2, eps, wd = 0.01, 0.9, 1e-6, 0.1
   param = rng.normal(size=shape).astype(np.float32)

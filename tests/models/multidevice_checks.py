@@ -1,8 +1,8 @@
-"""Checks that need 8 devices, run by ``tests/test_distributed.py`` in a subprocess.
+"""Checks that need 8 devices, run by ``tests/models/test_distributed.py`` in a subprocess.
 
 Usage::
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_checks.py OUT
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/models/multidevice_checks.py OUT
 
 Writes ``OUT/report.json`` (one entry per check: ``"ok"`` or a traceback, plus measurements) and
 ``OUT/<name>.npz`` arrays for the parent process to compare with its single-device runs.
@@ -142,8 +142,8 @@ def check_gpt_optimizer_hlo(layout):
   from models.nets.gpt import GPT
 
   params = nnx.to_pure_dict(nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)[1])
-  tx = distributed.make_optimizer(config)
-  specs = distributed.param_specs(params, layout, 8)
+  tx = distributed.make_optimizer(config, params)
+  specs = distributed.layout_specs(config, params, layout, 8)
   p_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   s_shardings = state_shardings(jax.eval_shape(tx.init, abstract_params), p_shardings)

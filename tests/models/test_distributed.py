@@ -1,9 +1,9 @@
 """Ember on a device mesh: sharded tables, communication, many hosts, checkpoints, determinism.
 
 The 8-device checks run once, in a subprocess started with
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (``tests/multidevice_checks.py``), so that
-this process keeps one device and the single-pass CPU kernel stays covered; each check is reported
-here as its own test and compared with a single-device run of this process. The many-host test
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (``tests/models/multidevice_checks.py``), so
+that this process keeps one device; each check is reported here as its own test and compared with
+a single-device run of this process. The many-host test
 starts two ``jax.distributed`` processes of 4 devices each on 127.0.0.1.
 """
 
@@ -39,7 +39,7 @@ def _env(devices: int) -> dict[str, str]:
 
 @pytest.fixture(scope='module')
 def eight_devices(tmp_path_factory):
-  """``(report, out_dir)`` of ``tests/multidevice_checks.py`` run on 8 CPU devices."""
+  """``(report, out_dir)`` of ``tests/models/multidevice_checks.py`` run on 8 CPU devices."""
   out = tmp_path_factory.mktemp('eight_devices')
   proc = subprocess.run(
     [sys.executable, str(ROOT / 'tests' / 'models' / 'multidevice_checks.py'), str(out)],
@@ -74,7 +74,7 @@ def test_sharded_table_matches_one_device(eight_devices, layout):
     assert result['specs'][statistic].replace('None,', '').replace('(None)', '()') == (
       result['expected_specs'][statistic].replace('None,', '').replace('(None)', '()')
     ), (statistic, result['specs'])
-  # Same numbers as this single-device process, which runs the single-pass CPU kernel.
+  # Same numbers as this single-device process.
   _, _, shape, _ = checks.LAYOUTS[layout]
   table, grads = checks.table_problem(tuple(shape))
   tx = checks.table_optimizer()

@@ -357,7 +357,7 @@ class MemoryBenchConfig:
   """The memory benchmark's settings."""
 
   models: tuple[str, ...] = option(
-    tuple(published.SHAPES), 'published shapes to analyze', choices=tuple(published.SHAPES)
+    tuple(published.SHAPES), f'published shapes to analyze, from {", ".join(published.SHAPES)}'
   )
   optimizers: tuple[str, ...] = option(
     SETUPS, 'optimizer setups (the body always gets AdamW)', choices=SETUPS
@@ -406,6 +406,10 @@ def check(args: MemoryBenchConfig) -> None:
   if args.seq_len < 1:
     raise ConfigError(f'--seq-len must be at least 1, got {args.seq_len}')
   for model in args.models:
+    if model not in published.SHAPES:
+      raise ConfigError(
+        f'--models: unknown model {model!r}; choose from {", ".join(published.SHAPES)}'
+      )
     positions = published.SHAPES[model].max_positions
     if positions and args.seq_len > positions:
       raise ConfigError(
