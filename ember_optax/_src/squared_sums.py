@@ -21,7 +21,6 @@ from jax import lax
 import jax.numpy as jnp
 
 
-
 def statistics_dtype(dtype: Any) -> jnp.dtype:
   """Float32 for low-precision parameters, float64 for float64 ones."""
   return jnp.promote_types(dtype, jnp.float32)
