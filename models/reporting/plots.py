@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.training.setups import Setup
+
 # One colour per table optimizer; a Muon body is drawn dashed.
 COLORS = {
   'adamw': 'tab:blue',
@@ -33,8 +35,8 @@ def plot_curves(runs: Sequence[dict], path: Path | None = None, title: str = '')
   fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2))
   labelled = set()
   for r in runs:
-    tables, _, body = r['setup'].partition('+')
-    color, style = COLORS.get(tables), '--' if body else '-'
+    setup = Setup.parse(r['setup'])
+    color, style = COLORS.get(setup.tables), '-' if setup.body == 'adamw' else '--'
     label = r['setup'] if r['setup'] not in labelled else None
     labelled.add(r['setup'])
     if not r['train_loss_curve']:
