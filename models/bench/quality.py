@@ -15,6 +15,8 @@ the AdamW learning rate they already have.
 Each setup is reported at the grid point with the lowest mean final validation loss over the
 seeds. A best point on the edge of the grid makes the benchmark extend the grid on that side (by
 the ratio of the two outermost points, up to ``--extend`` times), so that the best is bracketed.
+``--best-seeds`` then adds seeds at each setup's best point alone: a wide grid on one seed, the
+interval from several.
 Within a seed the setups differ only by their optimizer, so Ember is compared with each other setup
 seed by seed (each at its own best learning rate): the mean difference with its 95% t interval,
 and a verdict, "better" (the whole interval below zero), "worse" (above) or "no different".
@@ -39,11 +41,13 @@ import numpy as np
 
 from models import cli
 from models.cli import ConfigError, option
+from models.data.corpus import Corpus
 from models.reporting import plots, stats, tables
 from models.reporting import results as results_lib
 from models.training import checkpoints as checkpoints_lib
 from models.training.config import TrainConfig, resolve
 from models.training.loop import Comparison, train_one
+from models.training.presets import Preset
 
 PROG = 'python -m models.bench.quality'
 # The grid of the README's run; the benchmark extends it wherever a best lands on its edge.
@@ -57,6 +61,9 @@ class QualityConfig(TrainConfig):
   """The main job's settings (its learning rates swept) and the sweep's own."""
 
   seeds: tuple[int, ...] = option(DEFAULT_SEEDS, 'seeds of every grid point')
+  best_seeds: tuple[int, ...] = option(
+    (), "more seeds, run only at each setup's best learning rate once the grid brackets it"
+  )
   lrs: tuple[float, ...] = option(DEFAULT_LRS, 'the starting grid of peak learning rates')
   sweep: str = option(
     'lr',
@@ -73,12 +80,27 @@ class QualityConfig(TrainConfig):
   )
 
 
-def run_benchmark(config: QualityConfig, verbose: bool = True) -> dict:
+def run_benchmark(
+  config: QualityConfig,
+  verbose: bool = True,
+  *,
+  preset: Preset | None = None,
+  corpus: Corpus | None = None,
+  runs_dir: str | Path | None = None,
+) -> dict:
   """Sweeps ``config.lrs`` for every setup and seed of ``config``; returns the results.
 
   The runs' learning-rate settings other than the body's ``lr`` (for ``sweep="table-lr"``) are
   replaced by the sweep; a grid grows up to ``config.extend`` times on each side to bracket a
-  setup's best.
+  setup's best, which then gets ``config.best_seeds`` too.
+
+  Args:
+    config: the settings.
+    verbose: print progress and the tables.
+    preset: the model size to resolve ``config`` against (default: ``config.preset``'s).
+    corpus: the corpus, if already loaded (it must match ``config``'s corpus settings).
+    runs_dir: keep each finished run's results here as ``<run>.json`` (needs
+      ``config.checkpoint_dir``); default: beside its checkpoints.
 
   Returns:
     The dict of :func:`summarize_benchmark`, plus ``"data"``, ``"environment"`` and
@@ -93,30 +115,44 @@ def run_benchmark(config: QualityConfig, verbose: bool = True) -> dict:
     raise ConfigError(f'--lrs must not repeat a learning rate, got {list(lrs)}')
   if extend < 0:
     raise ConfigError(f'--extend must be >= 0, got {extend}')
+  if set(config.best_seeds) & set(config.seeds):
+    raise ConfigError(
+      f'--best-seeds must not repeat a seed of --seeds, got {list(config.best_seeds)} and '
+      f'{list(config.seeds)}'
+    )
+  if runs_dir is not None and not config.checkpoint_dir:
+    raise ConfigError('keeping runs apart from their checkpoints needs --checkpoint-dir')
   if sweep == 'lr' and config.lr is not None:
     raise ConfigError(
       '--sweep lr sets every learning rate itself: drop --lr, or use '
       '--sweep table-lr to keep the body at --lr'
     )
-  plan = resolve(config)
+  plan = resolve(config, preset)
+  for seed in config.best_seeds:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+      raise ConfigError(f'--best-seeds must be integers >= 0, got {list(config.best_seeds)}')
   log = print if verbose else (lambda *a, **k: None)
-  comparison = Comparison.build(plan, verbose=verbose)
+  comparison = Comparison.build(plan, corpus, verbose=verbose)
   settings = {**plan.training_settings(), 'sweep': sweep}
-  folder = None
+  folder = results_folder = None
   if plan.checkpoint_dir:
     folder = checkpoints_lib.open_folder(plan.checkpoint_dir, settings)
+  if runs_dir is not None:
+    results_folder = checkpoints_lib.open_folder(runs_dir, settings)
   started = time.perf_counter()
   runs = []
 
-  def run_point(setup, lr: float) -> list[dict]:
+  def run_point(setup, lr: float, seeds: Sequence[int]) -> list[dict]:
     body_lr = plan.learning_rates[setup.name][0]
     rates = (lr, lr) if sweep == 'lr' else (body_lr, lr)
     point = []
-    for seed in plan.seeds:
+    for seed in seeds:
       checkpoints = None
       if folder is not None:
         name = f'{setup.name}-{sweep}{lr:g}-seed{seed}'
-        checkpoints = checkpoints_lib.RunCheckpoints(folder, name, plan.checkpoint_every)
+        checkpoints = checkpoints_lib.RunCheckpoints(
+          folder, name, plan.checkpoint_every, results=results_folder
+        )
       point.append(train_one(comparison, setup, seed, rates, checkpoints, log=log))
     return point
 
@@ -125,7 +161,7 @@ def run_benchmark(config: QualityConfig, verbose: bool = True) -> dict:
     while True:
       for lr in grid:
         if lr not in done:
-          runs.extend(run_point(setup, lr))
+          runs.extend(run_point(setup, lr, plan.seeds))
           done.add(lr)
           point = stats.summarize(
             [r for r in runs if r['setup'] == setup.name and r[SWEEPS[sweep]] == lr]
@@ -134,11 +170,7 @@ def run_benchmark(config: QualityConfig, verbose: bool = True) -> dict:
             f'[bench] {setup.name} at {sweep} {lr:g}: final val loss {tables.format_loss(point)}',
             flush=True,
           )
-      by_lr = {
-        lr: _mean_loss([r for r in runs if r['setup'] == setup.name and r[SWEEPS[sweep]] == lr])
-        for lr in grid
-      }
-      best = min(by_lr, key=by_lr.get)
+      best = best_learning_rate([r for r in runs if r['setup'] == setup.name], SWEEPS[sweep])
       if len(grid) > 1 and best == grid[0] and extensions['low'] < extend:
         grid.insert(0, grid[0] ** 2 / grid[1])
         extensions['low'] += 1
@@ -147,6 +179,9 @@ def run_benchmark(config: QualityConfig, verbose: bool = True) -> dict:
         extensions['high'] += 1
       else:
         break
+    if config.best_seeds:
+      runs.extend(run_point(setup, best, config.best_seeds))
+      log(f'[bench] {setup.name}: seeds {list(config.best_seeds)} at its best, {sweep} {best:g}')
   train_fields = {field.name for field in dataclasses.fields(TrainConfig)}
   given = {k: v for k, v in dataclasses.asdict(plan.config).items() if k in train_fields}
   results = summarize_benchmark({**given, 'sweep': sweep}, settings, runs)
@@ -162,6 +197,20 @@ def _mean_loss(runs: Sequence[dict]) -> float:
   """Mean final validation loss, with a diverged grid point (NaN) ranked last."""
   loss = float(np.mean(np.asarray([r['final_val_loss'] for r in runs], dtype=float)))
   return float('inf') if np.isnan(loss) else loss
+
+
+def best_learning_rate(runs: Sequence[dict], key: str) -> float:
+  """The learning rate (``key``: ``"lr"`` or ``"table_lr"``) of one setup's ``runs`` with the
+  lowest mean final loss over the seeds that every grid point ran.
+
+  Seeds added at the best point alone (``--best-seeds``) do not take part, so every point is
+  judged on the same seeds.
+  """
+  by_lr: dict[float, dict[int, dict]] = {}
+  for r in runs:
+    by_lr.setdefault(r[key], {})[r['seed']] = r
+  common = set.intersection(*(set(seeds) for seeds in by_lr.values()))
+  return min(sorted(by_lr), key=lambda lr: _mean_loss([by_lr[lr][seed] for seed in sorted(common)]))
 
 
 def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
@@ -190,9 +239,7 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
       lr: stats.summarize([r for r in runs if r['setup'] == setup and r[key] == lr])[setup]
       for lr in lrs
     }
-    best_lr = min(
-      lrs, key=lambda lr: _mean_loss([r for r in runs if r['setup'] == setup and r[key] == lr])
-    )
+    best_lr = best_learning_rate([r for r in runs if r['setup'] == setup], key)
     best[setup] = {
       **grid[setup][best_lr],
       'best_lr': best_lr,
@@ -212,18 +259,19 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
     'paired': paired,
     'lr_rule': lr_rule,
     'runs': runs,
-    'grid_table': format_grid(grid, key),
+    'grid_table': format_grid(grid, best, key),
     'table': format_best(best, key),
     'paired_table': tables.format_paired(paired),
   }
 
 
-def format_grid(grid: dict, key: str) -> str:
-  """Markdown table: mean ± std of the final validation loss of every setup at every point."""
+def format_grid(grid: dict, best: dict, key: str) -> str:
+  """Markdown table: mean ± std of the final validation loss of every setup at every point, each
+  setup's best (``best[setup]["best_lr"]``) in bold."""
   lrs = sorted({lr for by_lr in grid.values() for lr in by_lr})
   rows = []
   for setup, by_lr in grid.items():
-    best_lr = min(by_lr, key=lambda lr: _loss_or_inf(by_lr[lr]))
+    best_lr = best[setup]['best_lr']
     cells = []
     for lr in lrs:
       if lr not in by_lr:
@@ -234,11 +282,6 @@ def format_grid(grid: dict, key: str) -> str:
     rows.append([setup, *cells])
   name = 'lr' if key == 'lr' else 'table lr'
   return tables.markdown_table(['setup'] + [f'{name} {lr:g}' for lr in lrs], rows)
-
-
-def _loss_or_inf(summary: dict) -> float:
-  loss = summary['final_val_loss']['mean']
-  return float('inf') if loss is None or np.isnan(loss) else loss
 
 
 def format_best(best: dict, key: str) -> str:

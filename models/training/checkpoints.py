@@ -57,11 +57,17 @@ class RunCheckpoints:
     root: the comparison's folder, from :func:`open_folder`.
     name: the run's name, such as ``"ember-seed0"``.
     every: steps between checkpoints.
+    results: a folder (from :func:`open_folder`) for the finished run's results, kept as
+      ``<results>/<name>.json`` apart from the Orbax steps; default ``<root>/<name>/result.json``.
+      The scaling benchmark commits this folder, so that a sweep resumes on another machine.
   """
 
-  def __init__(self, root: Path, name: str, every: int):
+  def __init__(self, root: Path, name: str, every: int, results: Path | None = None):
     self.directory = root / name
     self.every = every
+    self.result_path = (
+      self.directory / RESULT_FILE if results is None else Path(results) / f'{name}.json'
+    )
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -71,7 +77,7 @@ class RunCheckpoints:
 
   def finished_result(self) -> dict | None:
     """The run's results if it has finished, else ``None``."""
-    path = self.directory / RESULT_FILE
+    path = self.result_path
     return json.loads(path.read_text()) if path.exists() else None
 
   def restore(self, like: Any) -> tuple[Any, dict] | None:
@@ -105,6 +111,5 @@ class RunCheckpoints:
 
   def finish(self, result: dict) -> None:
     """Records the run's results; the run is skipped when the comparison is resumed."""
-    path = self.directory / RESULT_FILE
-    results.write_json(path, result, indent=None)
+    results.write_json(self.result_path, result, indent=None)
     self._manager.close()

@@ -18,7 +18,7 @@ import optax
 from models.cli import ConfigError, flag, option
 from models.data import corpus as data_lib
 from models.nets.gpt import GPTConfig
-from models.training.presets import PRESETS
+from models.training.presets import PRESETS, Preset
 from models.training.setups import BODIES, TABLE_OPTIMIZERS, Hyperparameters, Setup
 
 # The main job's comparison: the body always gets AdamW; the setups differ on the token tables.
@@ -196,7 +196,9 @@ class Plan:
       'eval_batches',
       'vocab_size',
     )
-    return {**settings, **{k: getattr(self, k) for k in resolved}}
+    # The model's shape too: a preset's name does not pin it when the preset is passed in.
+    model = dataclasses.asdict(self.model)
+    return {**settings, **{k: getattr(self, k) for k in resolved}, 'model': model}
 
 
 def _fail(name: str, value: Any, requirement: str) -> ConfigError:
@@ -245,15 +247,21 @@ def _check_setups(name: str, names: Any, allowed: tuple[str, ...]) -> None:
     )
 
 
-def resolve(config: TrainConfig) -> Plan:
+def resolve(config: TrainConfig, preset: Preset | None = None) -> Plan:
   """Fills ``config``'s ``None`` settings from its preset and checks every value.
+
+  Args:
+    config: the settings as given.
+    preset: the model size and settings to resolve against (default: ``PRESETS[config.preset]``;
+      the scaling benchmark passes sizes of its own).
 
   Raises:
     ConfigError: naming the first setting that cannot be run, and what it must be.
   """
-  if config.preset not in PRESETS:
-    raise ConfigError(f'--preset: unknown preset {config.preset!r}; choose from {list(PRESETS)}')
-  preset = PRESETS[config.preset]
+  if preset is None:
+    if config.preset not in PRESETS:
+      raise ConfigError(f'--preset: unknown preset {config.preset!r}; choose from {list(PRESETS)}')
+    preset = PRESETS[config.preset]
   setups = tuple(config.setups)
   if not setups:
     raise ConfigError('--setups: name at least one setup')

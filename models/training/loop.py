@@ -146,7 +146,7 @@ def train_one(
   plan = comparison.plan
   name = setup.name
   if checkpoints is not None and (result := checkpoints.finished_result()) is not None:
-    log(f'[train] {name} seed {seed}: finished earlier, read from {checkpoints.directory}')
+    log(f'[train] {name} seed {seed}: finished earlier, read from {checkpoints.result_path}')
     return result
   if learning_rates is None:
     learning_rates = plan.learning_rates[name]
@@ -163,6 +163,7 @@ def train_one(
   def curve_point(params) -> float:
     return step_lib.evaluate(graphdef, params, comparison.curve_batches, rare_mask)[0]
 
+  started = time.perf_counter()
   state = {'params': params, 'opt_state': opt_state}
   progress = {
     'step': 0,
@@ -170,6 +171,7 @@ def train_one(
     'val_curve': [],
     'step_times': [],
     'diverged_at_step': None,
+    'elapsed_s': 0.0,
   }
   if checkpoints is not None and (restored := checkpoints.restore(state)) is not None:
     state, progress = restored
@@ -199,6 +201,8 @@ def train_one(
     start=progress['step'],
   )
   params, opt_state = state['params'], state['opt_state']
+  # Wall time of the run's earlier parts (before a resumption) plus this one's so far.
+  elapsed_before = progress.get('elapsed_s', 0.0)
   for step, (inputs, targets) in enumerate(batches, start=progress['step'] + 1):
     start = time.perf_counter()
     params, opt_state, loss = train_step(params, opt_state, inputs, targets)
@@ -215,6 +219,7 @@ def train_one(
     if step % plan.eval_every == 0 and step < plan.steps:
       progress['val_curve'].append((step, curve_point(params)))
     if checkpoints is not None and step < plan.steps:
+      progress['elapsed_s'] = elapsed_before + time.perf_counter() - started
       checkpoints.save(step, {'params': params, 'opt_state': opt_state}, progress)
     if bar is not None:
       bar.set_postfix(loss=f'{loss:.3f}', val=f'{progress["val_curve"][-1][1]:.3f}', refresh=False)
@@ -245,6 +250,7 @@ def train_one(
     else float(np.mean([v for _, v in train_curve[-10:]])),
     **state_bytes,
     'mean_step_time_s': float(np.mean(timed)),
+    'train_time_s': elapsed_before + time.perf_counter() - started,
     'diverged_at_step': progress['diverged_at_step'],
     'params_sha256': params_digest(params),
     'train_loss_curve': [list(point) for point in train_curve],

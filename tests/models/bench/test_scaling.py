@@ -1,0 +1,126 @@
+"""``python -m models.bench.scaling`` at its tiny sweep: points, budgets, resumption, summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.bench import quality, scaling
+
+
+def _strict(path: Path) -> dict:
+  def reject(constant):
+    raise AssertionError(f'{path} holds {constant}, which is not JSON')
+
+  return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_the_full_sweep_spans_the_axes_it_promises():
+  sweep = scaling.SWEEPS['full']
+  points = {p.name: p for p in sweep.points()}
+  assert len(points) == 8  # Four sizes and five batches, sharing d128-b8.
+  params = [sweep.non_embedding_params(size) for size in sweep.sizes]
+  assert params == sorted(params) and params[-1] / params[0] >= 30
+  batches = [p.batch_size for p in points.values() if p.size == sweep.base_size]
+  assert min(batches) == 1 and max(batches) >= 64
+  for name in ('d128-b8', 'd192-b8', 'd128-b1', 'd128-b64'):
+    assert set(scaling.MUON_PAIR) <= set(points[name].setups)
+  for point in points.values():
+    assert set(sweep.setups) <= set(point.setups)
+  # The batch axis trades steps for batch at a fixed token budget; larger models get more tokens.
+  tokens = {n: sweep.steps(p) * p.batch_size for n, p in points.items()}
+  for batch in batches:
+    assert tokens[f'd128-b{batch}'] == pytest.approx(tokens['d128-b8'], rel=0.02)
+  assert tokens['d64-b8'] < tokens['d96-b8'] < tokens['d128-b8'] < tokens['d192-b8']
+
+
+def test_best_learning_rate_judges_every_point_on_the_same_seeds():
+  runs = [
+    {'setup': 'ember', 'lr': 1e-3, 'seed': 0, 'final_val_loss': 4.0},
+    {'setup': 'ember', 'lr': 2e-3, 'seed': 0, 'final_val_loss': 4.1},
+    # Seeds added at 2e-3 alone must not move the choice, however low they are.
+    {'setup': 'ember', 'lr': 2e-3, 'seed': 1, 'final_val_loss': 3.0},
+  ]
+  assert quality.best_learning_rate(runs, 'lr') == 1e-3
+  diverged = [{**runs[0], 'final_val_loss': None}, runs[1]]
+  assert quality.best_learning_rate(diverged, 'lr') == 2e-3
+
+
+def test_a_point_whose_best_is_on_an_edge_it_may_still_grow_is_partial():
+  sweep = scaling.SWEEPS['full']
+  (point,) = [p for p in sweep.points() if p.name == 'd64-b8']
+  centre = sweep.lr_centre(point)
+
+  def run(setup, lr, seed, loss):
+    return {'setup': setup, 'lr': lr, 'seed': seed, 'final_val_loss': loss}
+
+  grid = [centre / 2, centre, centre * 2]
+  inside = []
+  for setup in point.setups:
+    inside += [run(setup, lr, 0, loss) for lr, loss in zip(grid, (4.2, 4.0, 4.1), strict=True)]
+    inside += [run(setup, centre, seed, 4.0) for seed in sweep.best_seeds]
+  assert scaling.point_status(sweep, point, inside) == 'complete'
+  assert scaling.point_status(sweep, point, []) == 'not run'
+  edge = [r for r in inside if not (r['setup'] == 'ember' and r['lr'] == centre * 2)]
+  edge.append(run('ember', centre * 2, 0, 3.9))
+  assert scaling.point_status(sweep, point, edge) == 'partial'
+  unseeded = [r for r in inside if not (r['setup'] == 'adamw' and r['seed'] == 2)]
+  assert scaling.point_status(sweep, point, unseeded) == 'partial'
+
+
+@pytest.mark.slow
+def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_path, capsys):
+  out = tmp_path / 'scaling'
+  argv = [
+    '--preset', 'tiny', '--out', str(out), '--text', str(corpus_dir),
+    '--cache-dir', str(cache_dir), '--checkpoint-dir', str(tmp_path / 'checkpoints'),
+  ]  # fmt: skip
+  result = scaling.main(argv)
+  saved = _strict(out / 'scaling.json')
+  assert saved['tables'] == result['tables']
+  sweep = scaling.SWEEPS['tiny']
+  assert list(saved['points']) == [p.name for p in sweep.points()]
+  for name, point in saved['points'].items():
+    assert point['status'] == 'complete', name
+    assert point['paired']['adamw']['seeds'] == [0, 1]
+    for setup, best in point['best'].items():
+      assert best['best_lr'] in best['grid']
+      assert best['seeds'] == [0, 1], (name, setup)
+    runs = scaling.load_runs(out / name / 'runs')
+    assert len(runs) == point['runs'] and all(r['train_time_s'] > 0 for r in runs)
+    _strict(out / name / 'bench.json')
+  muon = saved['points']['t16-b2']['paired_muon']['adamw+muon']
+  assert muon['seeds'] == [0, 1] and muon['final_val_loss']['verdict'] != 'undetermined'
+  for png in ('gap_vs_params', 'gap_vs_batch', 'best_lr_vs_batch', 'curves_extremes'):
+    assert (out / f'{png}.png').stat().st_size > 10_000
+  assert '### Beside a Muon body' in (out / 'scaling.md').read_text()
+
+  # A second call trains nothing; a lost run is trained again, bitwise as before.
+  runs_dir = out / 't32-b2' / 'runs'
+  lost = sorted(runs_dir.glob('ember-*seed1.json'))[0]
+  before = json.loads(lost.read_text())
+  lost.unlink()
+  capsys.readouterr()
+  again = scaling.main(argv)
+  printed = capsys.readouterr().out
+  assert printed.count('finished earlier') == sum(p['runs'] for p in saved['points'].values()) - 1
+  after = json.loads(lost.read_text())
+  assert after['params_sha256'] == before['params_sha256']
+  assert after['final_val_loss'] == before['final_val_loss']
+  assert again['tables'] == result['tables'].replace(
+    f'{result["train_time_s"] / 3600:.2f} h', f'{again["train_time_s"] / 3600:.2f} h'
+  )
+
+  summary = scaling.main(['--preset', 'tiny', '--out', str(out), '--summarize'])
+  assert summary['points'] == again['points']
+
+
+def test_bad_points_are_one_line_on_stderr(capsys, tmp_path):
+  with pytest.raises(SystemExit) as exit_info:
+    scaling.main(['--preset', 'tiny', '--out', str(tmp_path), '--points', 'x9-b3'])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1
+  assert "--points: unknown point 'x9-b3'; choose from t16-b2 t32-b2 t16-b4" in err
