@@ -49,6 +49,7 @@ from models.nets.gpt import GPT, GPTConfig
 from models.reporting import results as results_lib
 from models.reporting import stats, tables
 from models.training import checkpoints as checkpoints_lib
+from models.training.config import corpus_option
 from models.training.presets import PRESETS, Preset
 from models.training.setups import Setup
 
@@ -249,14 +250,8 @@ class ScalingConfig:
     str(Path('out', 'bench_scaling', 'checkpoints')),
     'Orbax checkpoints of unfinished runs (finished runs are kept in --out)',
   )
-  text: str | None = option(
-    None, "a text file or folder to train on (default: the Python standard library's code)"
-  )
-  cache_dir: str | None = option(
-    None,
-    'cache for the tokenizer and token arrays (default: $EMBER_OPTAX_CACHE_DIR/corpus, '
-    'else ~/.cache/ember_optax/corpus)',
-  )
+  text: str | None = corpus_option('text')
+  cache_dir: str | None = corpus_option('cache_dir')
 
 
 def point_config(sweep: Sweep, point: Point, config: ScalingConfig, out: Path):

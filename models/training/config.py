@@ -25,6 +25,19 @@ from models.training.setups import BODIES, TABLE_OPTIMIZERS, Hyperparameters, Se
 DEFAULT_SETUPS = ('adamw', 'ember', 'adafactor')
 
 
+# The corpus's two flags, shared by every program that loads it.
+_CORPUS_OPTIONS = {
+  'text': "a text file or folder to train on (default: the Python standard library's code)",
+  'cache_dir': 'cache for the tokenizer and token arrays (default: $EMBER_OPTAX_CACHE_DIR/corpus, '
+  'else ~/.cache/ember_optax/corpus)',
+}
+
+
+def corpus_option(name: str) -> Any:
+  """The config field of corpus setting ``name`` (``"text"`` or ``"cache_dir"``), default None."""
+  return option(None, _CORPUS_OPTIONS[name])
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Every setting of a training comparison. ``None`` takes the preset's value.
@@ -92,20 +105,14 @@ class TrainConfig:
   )
   vocab_size: int | None = option(None, "BPE vocabulary size (default: the preset's)")
   tie_embeddings: bool = option(False, 'use the token embedding as the LM head')
-  text: str | None = option(
-    None, "a text file or folder to train on (default: the Python standard library's code)"
-  )
+  text: str | None = corpus_option('text')
   val_fraction: float = option(
     data_lib.DEFAULT_VAL_FRACTION, "share of the corpus's files held out for validation"
   )
   tokenizer_train_chars: int = option(
     data_lib.DEFAULT_TOKENIZER_TRAIN_CHARS, 'characters of training text the BPE learns from'
   )
-  cache_dir: str | None = option(
-    None,
-    'cache for the tokenizer and token arrays (default: $EMBER_OPTAX_CACHE_DIR/corpus, '
-    'else ~/.cache/ember_optax/corpus)',
-  )
+  cache_dir: str | None = corpus_option('cache_dir')
   out: str | None = option(
     None, 'folder for results.json and loss_curves.png (default: out/train/<date-time>)'
   )
