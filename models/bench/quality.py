@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import datetime
-import json
 from pathlib import Path
 import time
 
@@ -149,7 +148,7 @@ def run_benchmark(
     for seed in seeds:
       checkpoints = None
       if folder is not None:
-        name = f'{setup.name}-{sweep}{lr:g}-seed{seed}'
+        name = run_name(setup.name, sweep, lr, seed)
         checkpoints = checkpoints_lib.RunCheckpoints(
           folder, name, plan.checkpoint_every, results=results_folder
         )
@@ -191,6 +190,11 @@ def run_benchmark(
   results['total_time_s'] = time.perf_counter() - started
   report(results, Path(plan.out) if plan.out else None, verbose=verbose)
   return results
+
+
+def run_name(setup: str, sweep: str, lr: float, seed: int) -> str:
+  """The name a run's checkpoints and saved results go by, e.g. ``ember-lr0.004-seed0``."""
+  return f'{setup}-{sweep}{lr:g}-seed{seed}'
 
 
 def _mean_loss(runs: Sequence[dict]) -> float:
@@ -351,7 +355,7 @@ def summarize_saved(
     ConfigError: if a (setup, seed, learning rate) run repeats, or the files' runs were trained
       with different settings.
   """
-  saved = [json.loads(Path(path).read_text()) for path in paths]
+  saved = [results_lib.read_json(path) for path in paths]
   runs = [r for result in saved for r in result['runs']]
   keys = {(r['setup'], r['seed'], r['lr'], r['table_lr']) for r in runs}
   if len(keys) != len(runs):

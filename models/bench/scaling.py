@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -57,6 +56,9 @@ PROG = 'python -m models.bench.scaling'
 DEFAULT_OUT = Path('models', 'bench', 'results', 'bench_scaling')
 TABLE_PEERS = ('adamw', 'rowwise', 'adafactor')
 MUON_PAIR = ('ember+muon', 'adamw+muon')
+TABLE_RATES = 'table_rates'  # A point's sub-folder of its tables-only rate sweeps.
+# (Ember tables, Adam tables) beside each body: the table-rate sweeps compare within a pair.
+RATE_PAIRS = (('ember', 'adamw'), MUON_PAIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +85,10 @@ class Sweep:
     base_tokens: training tokens of a run of ``base_size``.
     batches: the batch axis, at ``base_size``.
     muon_points: the points that also run ``MUON_PAIR``.
+    table_rate_points: points whose ``RATE_PAIRS`` then sweep the tables' rate alone, the body
+      at the best rate of Adam tables beside it (the rate a user has already tuned): a table
+      optimizer's best rate need not be its body's.
+    table_rate_ratios: that sweep's starting grid, as multiples of the body's best rate.
     setups: the table setups of every point (AdamW body).
     seq_len: tokens per sequence.
     vocab_size: the tokenizer's vocabulary.
@@ -101,6 +107,8 @@ class Sweep:
   base_tokens: int
   batches: tuple[int, ...]
   muon_points: tuple[str, ...]
+  table_rate_points: tuple[str, ...]
+  table_rate_ratios: tuple[float, ...]
   setups: tuple[str, ...]
   seq_len: int
   vocab_size: int
@@ -182,6 +190,8 @@ SWEEPS: dict[str, Sweep] = {
     base_tokens=300 * 8 * 128,
     batches=(1, 4, 8, 16, 64),
     muon_points=('d128-b8', 'd192-b8', 'd128-b1', 'd128-b64'),
+    table_rate_points=('d128-b8', 'd128-b64', 'd128-b1'),
+    table_rate_ratios=(0.25, 0.5, 1.0),
     setups=('adamw', 'ember', 'rowwise', 'adafactor'),
     seq_len=128,
     vocab_size=8192,
@@ -212,6 +222,8 @@ SWEEPS: dict[str, Sweep] = {
     base_tokens=6 * 2 * 32,
     batches=(2, 4),
     muon_points=('t16-b2',),
+    table_rate_points=('t16-b2',),
+    table_rate_ratios=(0.5, 1.0),
     setups=('adamw', 'ember'),
     seq_len=32,
     vocab_size=512,
@@ -275,6 +287,61 @@ def point_config(sweep: Sweep, point: Point, config: ScalingConfig, out: Path):
   return bench, preset
 
 
+def table_rate_config(
+  sweep: Sweep, point: Point, config: ScalingConfig, out: Path, setup: str, body_lr: float
+):
+  """The quality benchmark's settings of ``setup``'s table-rate sweep at ``point``: the body at
+  ``body_lr``, the tables' rate on ``table_rate_ratios`` of it."""
+  bench, preset = point_config(sweep, point, config, out)
+  bench = dataclasses.replace(
+    bench,
+    setups=(setup,),
+    sweep='table-lr',
+    lr_for={setup: body_lr},
+    lrs=tuple(body_lr * ratio for ratio in sweep.table_rate_ratios),
+    out=str(out / point.name / TABLE_RATES),
+    checkpoint_dir=str(Path(bench.checkpoint_dir) / TABLE_RATES),
+  )
+  return bench, preset
+
+
+def body_rates(point: Point, best: dict[str, float]) -> dict[str, float]:
+  """The body's rate of each setup's table-rate sweep: the best rate (``best``, per setup) of
+  Adam tables beside the same body, for the ``RATE_PAIRS`` that ``point`` runs."""
+  rates = {}
+  for ember_setup, adam_setup in RATE_PAIRS:
+    if {ember_setup, adam_setup} <= set(point.setups) and adam_setup in best:
+      rates[ember_setup] = rates[adam_setup] = best[adam_setup]
+  return rates
+
+
+def run_table_rates(
+  sweep: Sweep, point: Point, config: ScalingConfig, out: Path, corpus, verbose: bool
+) -> None:
+  """Sweeps the tables' rate of each ``RATE_PAIRS`` setup at ``point``, once its learning-rate
+  sweep is complete, the body at :func:`body_rates`.
+
+  A grid point where the tables' rate equals the body's is the learning-rate sweep's run at that
+  rate (the same computation), so it is taken from there instead of trained again.
+  """
+  runs = load_runs(out / point.name / 'runs')
+  if point_status(sweep, point, runs) != 'complete':
+    return
+  best = {
+    s: quality.best_learning_rate([r for r in runs if r['setup'] == s], 'lr') for s in point.setups
+  }
+  runs_dir = out / point.name / TABLE_RATES / 'runs'
+  for setup, body_lr in body_rates(point, best).items():
+    bench, preset = table_rate_config(sweep, point, config, out, setup, body_lr)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+      if run['setup'] == setup and run['lr'] == body_lr:
+        path = runs_dir / f'{quality.run_name(setup, "table-lr", body_lr, run["seed"])}.json'
+        if not path.exists():
+          results_lib.write_json(path, run, indent=None)
+    quality.run_benchmark(bench, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
+
+
 def out_folder(config: ScalingConfig) -> Path:
   if config.out is not None:
     return Path(config.out)
@@ -303,6 +370,8 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
     quality.run_benchmark(
       bench, verbose=verbose, preset=preset, corpus=corpus, runs_dir=out / point.name / 'runs'
     )
+    if point.name in sweep.table_rate_points:
+      run_table_rates(sweep, point, config, out, corpus, verbose)
     summarize(sweep, config, out, verbose=False)
   return summarize(sweep, config, out, verbose=verbose)
 
@@ -323,7 +392,7 @@ def load_runs(runs_dir: Path) -> list[dict]:
   if not runs_dir.is_dir():
     return []
   return [
-    json.loads(path.read_text())
+    results_lib.read_json(path)
     for path in sorted(runs_dir.glob('*.json'))
     if path.name != checkpoints_lib.SETTINGS_FILE
   ]
@@ -332,25 +401,30 @@ def load_runs(runs_dir: Path) -> list[dict]:
 def point_status(sweep: Sweep, point: Point, runs: Sequence[dict]) -> str:
   """``"complete"`` once every setup's grid brackets its best (or may grow no more) and the best
   has every seed; ``"partial"`` if some runs are saved; ``"not run"`` otherwise."""
+  centre = sweep.lr_centre(point)
+  start = {setup: {centre * m for m in sweep.grid} for setup in point.setups}
+  return grid_status(sweep, start, runs, 'lr')
+
+
+def grid_status(sweep: Sweep, start: dict[str, set[float]], runs: Sequence[dict], key: str) -> str:
+  """:func:`point_status` of the grids ``start`` (per setup) of the rate ``key`` of ``runs``."""
   if not runs:
     return 'not run'
-  centre = sweep.lr_centre(point)
-  start = {centre * m for m in sweep.grid}
-  for setup in point.setups:
+  for setup, start_grid in start.items():
     mine = [r for r in runs if r['setup'] == setup]
     if not mine:
       return 'partial'
-    lrs = sorted({r['lr'] for r in mine})
-    if not start <= set(lrs):
+    lrs = sorted({r[key] for r in mine})
+    if not start_grid <= set(lrs):
       return 'partial'
-    best = quality.best_learning_rate(mine, 'lr')
-    grown_low = sum(lr < min(start) for lr in lrs)
-    grown_high = sum(lr > max(start) for lr in lrs)
+    best = quality.best_learning_rate(mine, key)
+    grown_low = sum(lr < min(start_grid) for lr in lrs)
+    grown_high = sum(lr > max(start_grid) for lr in lrs)
     if (best == lrs[0] and grown_low < sweep.extend) or (
       best == lrs[-1] and grown_high < sweep.extend
     ):
       return 'partial'
-    seeds = {r['seed'] for r in mine if r['lr'] == best}
+    seeds = {r['seed'] for r in mine if r[key] == best}
     if not set(sweep.grid_seeds) | set(sweep.best_seeds) <= seeds:
       return 'partial'
   return 'complete'
@@ -376,7 +450,7 @@ def summarize(sweep: Sweep, config: ScalingConfig, out: Path, verbose: bool = Tr
       'train_time_s': float(sum(r.get('train_time_s', 0.0) for r in runs)),
     }
     if runs:
-      settings = json.loads((folder / 'runs' / checkpoints_lib.SETTINGS_FILE).read_text())
+      settings = results_lib.read_json(folder / 'runs' / checkpoints_lib.SETTINGS_FILE)
       summary = quality.summarize_benchmark(dataclasses.asdict(bench), settings, runs)
       quality.report(summary, folder, verbose=False)
       best = summary['best']
@@ -404,6 +478,8 @@ def summarize(sweep: Sweep, config: ScalingConfig, out: Path, verbose: bool = Tr
         paired={s: v for s, v in summary['paired'].items() if s in TABLE_PEERS},
         paired_muon=paired_muon,
       )
+    if point.name in sweep.table_rate_points:
+      entry['table_rates'] = summarize_table_rates(sweep, point, config, out, entry.get('best', {}))
     points[point.name] = entry
   result = {
     'sweep': config.preset,
@@ -430,6 +506,62 @@ def summarize(sweep: Sweep, config: ScalingConfig, out: Path, verbose: bool = Tr
     print('\n' + result['tables'])
     print(f'[scaling] wrote {out / "scaling.json"}, scaling.md and the plots')
   return result
+
+
+def summarize_table_rates(
+  sweep: Sweep, point: Point, config: ScalingConfig, out: Path, best: dict
+) -> dict:
+  """The table-rate sweeps of ``point`` (:func:`run_table_rates`) from their saved runs.
+
+  Args:
+    best: the point's ``best`` entry of :func:`summarize` (each setup's best rate).
+
+  Returns:
+    ``{"status"}``, and once runs are saved ``"best"`` (per setup: the body's rate, the tables'
+    best rate and its ratio to the body's, the grid, the losses) and ``"paired"`` (per Adam
+    setup of ``RATE_PAIRS``: the Ember setup beside the same body minus it, each at its tables'
+    best rate). Also writes the sub-folder's ``bench.json`` and ``bench.md``.
+  """
+  folder = out / point.name / TABLE_RATES
+  runs = load_runs(folder / 'runs')
+  body_lrs = body_rates(point, {s: b['best_lr'] for s, b in best.items()})
+  if not runs or not body_lrs:
+    return {'status': 'not run'}
+  start = {s: {lr * ratio for ratio in sweep.table_rate_ratios} for s, lr in body_lrs.items()}
+  first = next(iter(body_lrs))
+  bench, _ = table_rate_config(sweep, point, config, out, first, body_lrs[first])
+  bench = dataclasses.replace(
+    bench, setups=tuple(body_lrs), lr_for=body_lrs, lrs=tuple(sorted(set.union(*start.values())))
+  )
+  settings = results_lib.read_json(folder / 'runs' / checkpoints_lib.SETTINGS_FILE)
+  summary = quality.summarize_benchmark(dataclasses.asdict(bench), settings, runs)
+  quality.report(summary, folder, verbose=False)
+  at_best = {
+    s: [r for r in runs if r['setup'] == s and r['table_lr'] == b['best_lr']]
+    for s, b in summary['best'].items()
+  }
+  paired = {}
+  for ember_setup, adam_setup in RATE_PAIRS:
+    if ember_setup in at_best and adam_setup in at_best:
+      pair = {ember_setup: at_best[ember_setup], adam_setup: at_best[adam_setup]}
+      paired.update(stats.paired_differences(pair, reference=ember_setup))
+  return {
+    'status': grid_status(sweep, start, runs, 'table_lr'),
+    'best': {
+      s: {
+        'body_lr': body_lrs[s],
+        'best_table_lr': b['best_lr'],
+        'ratio': b['best_lr'] / body_lrs[s],
+        'lr_on_grid_edge': b['lr_on_grid_edge'],
+        'grid': sorted({r['table_lr'] for r in runs if r['setup'] == s}),
+        'seeds': b['seeds'],
+        'final_val_loss': b['final_val_loss'],
+        'rare_val_loss': b['rare_val_loss'],
+      }
+      for s, b in summary['best'].items()
+    },
+    'paired': paired,
+  }
 
 
 def _interval(diff: dict) -> str:
@@ -498,6 +630,38 @@ def format_tables(sweep: Sweep, result: dict) -> str:
     '### Beside a Muon body\n\n'
     + tables.markdown_table(
       ['point', 'status', 'ember+muon - adamw+muon, val loss', 'rare'], muon_rows
+    )
+  )
+  rate_rows = []
+  for name in (n for n in sweep.order if n in sweep.table_rate_points):
+    rates = points[name].get('table_rates', {'status': 'not run'})
+    for ember_setup, adam_setup in RATE_PAIRS:
+      cells = []
+      for setup in (ember_setup, adam_setup):
+        b = rates.get('best', {}).get(setup)
+        if b is None:
+          cells.append('')
+          continue
+        edge = ' (edge)' if b['lr_on_grid_edge'] else ''
+        loss = tables.format_loss(b['final_val_loss'])
+        cells.append(f'{b["best_table_lr"]:g} / {b["body_lr"]:g}{edge}: {loss}')
+      paired = rates.get('paired', {}).get(adam_setup)
+      cells += [_interval(paired), _rare(paired)] if paired else ['', '']
+      body = Setup.parse(ember_setup).body
+      rate_rows.append([name, body, rates['status'], *cells])
+  sections.append(
+    "### Each setup's tables at their own rate, the body at Adam tables' best rate\n\n"
+    + tables.markdown_table(
+      [
+        'point',
+        'body',
+        'status',
+        'Ember tables: tables / body rate, val loss',
+        'Adam tables: tables / body rate, val loss',
+        'Ember - Adam tables, val loss',
+        'rare',
+      ],
+      rate_rows,
     )
   )
   setups = [s for s in _setup_order(sweep) if any(s in p.get('best', {}) for p in points.values())]

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 
 import ember_optax
+from models.cli import ConfigError
 
 
 def strict(value: Any) -> Any:
@@ -42,6 +43,23 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 1) -> N
   tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
   tmp.write_text(dumps(value, indent))
   tmp.replace(path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  """Reads a strict JSON file, as :func:`write_json` writes them.
+
+  Raises:
+    ConfigError: naming ``path``, if it is not JSON or holds ``NaN`` or ``Infinity`` (which
+      strict JSON has no word for).
+  """
+
+  def reject(constant: str) -> Any:
+    raise ValueError(f'{constant}, which strict JSON does not allow')
+
+  try:
+    return json.loads(Path(path).read_text(), parse_constant=reject)
+  except ValueError as error:  # json.JSONDecodeError is a ValueError too.
+    raise ConfigError(f'{path}: not strict JSON ({error})') from None
 
 
 def environment(corpus_cache: str | os.PathLike | None = None) -> dict:

@@ -36,7 +36,7 @@ def open_folder(directory: str | os.PathLike, settings: dict) -> Path:
   path = root / SETTINGS_FILE
   settings = json.loads(results.dumps(settings))  # As it reads back: tuples become lists.
   if path.exists():
-    saved = json.loads(path.read_text())
+    saved = results.read_json(path)
     if saved != settings:
       differing = sorted(
         k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k)
@@ -78,7 +78,7 @@ class RunCheckpoints:
   def finished_result(self) -> dict | None:
     """The run's results if it has finished, else ``None``."""
     path = self.result_path
-    return json.loads(path.read_text()) if path.exists() else None
+    return results.read_json(path) if path.exists() else None
 
   def restore(self, like: Any) -> tuple[Any, dict] | None:
     """``(state, progress)`` of the last checkpoint, or ``None`` if there is none.

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import math
 import time
+from typing import Any
 
 from flax import nnx
 import jax
@@ -130,6 +131,7 @@ def train_one(
   learning_rates: tuple[float, float] | None = None,
   checkpoints: RunCheckpoints | None = None,
   log: Callable[[str], None] = print,
+  observe: Callable[[int, Any, Any], None] | None = None,
 ) -> dict:
   """Trains one model under ``setup`` from ``seed``; returns its metrics and curves.
 
@@ -142,6 +144,8 @@ def train_one(
       last checkpoint (and says from which step), and the run is saved every
       ``checkpoints.every`` steps.
     log: where the run's messages go.
+    observe: if given, called after every step as ``observe(step, params_before, params_after)``
+      (parameter pytrees), for diagnostics of the steps themselves.
   """
   plan = comparison.plan
   name = setup.name
@@ -205,9 +209,12 @@ def train_one(
   elapsed_before = progress.get('elapsed_s', 0.0)
   for step, (inputs, targets) in enumerate(batches, start=progress['step'] + 1):
     start = time.perf_counter()
+    before = params
     params, opt_state, loss = train_step(params, opt_state, inputs, targets)
     loss = float(loss)  # Waits for the step: the timing covers the whole step.
     progress['step_times'].append(time.perf_counter() - start)
+    if observe is not None:
+      observe(step, before, params)
     progress['step'] = step
     if not math.isfinite(loss):
       # A diverged run is a result (the learning rate is too high), not a crash: it is reported

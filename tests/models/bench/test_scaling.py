@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from models.bench import quality, scaling
-
-
-def _strict(path: Path) -> dict:
-  def reject(constant):
-    raise AssertionError(f'{path} holds {constant}, which is not JSON')
-
-  return json.loads(path.read_text(), parse_constant=reject)
+from models.reporting import results
 
 
 def test_the_full_sweep_spans_the_axes_it_promises():
@@ -78,7 +71,7 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
     '--cache-dir', str(cache_dir), '--checkpoint-dir', str(tmp_path / 'checkpoints'),
   ]  # fmt: skip
   result = scaling.main(argv)
-  saved = _strict(out / 'scaling.json')
+  saved = results.read_json(out / 'scaling.json')
   assert saved['tables'] == result['tables']
   sweep = scaling.SWEEPS['tiny']
   assert list(saved['points']) == [p.name for p in sweep.points()]
@@ -90,9 +83,29 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
       assert best['seeds'] == [0, 1], (name, setup)
     runs = scaling.load_runs(out / name / 'runs')
     assert len(runs) == point['runs'] and all(r['train_time_s'] > 0 for r in runs)
-    _strict(out / name / 'bench.json')
+    results.read_json(out / name / 'bench.json')
   muon = saved['points']['t16-b2']['paired_muon']['adamw+muon']
   assert muon['seeds'] == [0, 1] and muon['final_val_loss']['verdict'] != 'undetermined'
+  # At t16-b2 the tables' own rate is swept too, the body at the best rate of Adam tables.
+  point = saved['points']['t16-b2']
+  rates = point['table_rates']
+  assert rates['status'] == 'complete'
+  assert set(rates['best']) == {'ember', 'adamw', 'ember+muon', 'adamw+muon'}
+  for setup, best in rates['best'].items():
+    adam = 'adamw+muon' if setup.endswith('+muon') else 'adamw'
+    assert best['body_lr'] == point['best'][adam]['best_lr']
+    assert best['best_table_lr'] in best['grid'] and best['seeds'] == [0, 1]
+    assert best['ratio'] == best['best_table_lr'] / best['body_lr']
+  for adam in ('adamw', 'adamw+muon'):
+    assert rates['paired'][adam]['seeds'] == [0, 1]
+  body_lr = rates['best']['adamw']['body_lr']
+  reused = [
+    r for r in scaling.load_runs(out / 't16-b2' / 'runs')
+    if r['setup'] in ('ember', 'adamw') and r['lr'] == body_lr
+  ]  # fmt: skip
+  rate_runs = scaling.load_runs(out / 't16-b2' / scaling.TABLE_RATES / 'runs')
+  assert reused and all(run in rate_runs for run in reused)  # Rate 1: the lr sweep's own runs.
+  assert "### Each setup's tables at their own rate" in (out / 'scaling.md').read_text()
   for png in ('gap_vs_params', 'gap_vs_batch', 'best_lr_vs_batch', 'curves_extremes'):
     assert (out / f'{png}.png').stat().st_size > 10_000
   assert '### Beside a Muon body' in (out / 'scaling.md').read_text()
@@ -105,7 +118,9 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
   capsys.readouterr()
   again = scaling.main(argv)
   printed = capsys.readouterr().out
-  assert printed.count('finished earlier') == sum(p['runs'] for p in saved['points'].values()) - 1
+  rate_runs = len(scaling.load_runs(out / 't16-b2' / scaling.TABLE_RATES / 'runs'))
+  finished = sum(p['runs'] for p in saved['points'].values()) + rate_runs
+  assert printed.count('finished earlier') == finished - 1
   after = json.loads(lost.read_text())
   assert after['params_sha256'] == before['params_sha256']
   assert after['final_val_loss'] == before['final_val_loss']

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 import ember_optax
 from models import train as train_lib
+from models.reporting import results as results_lib
 from models.training.config import DEFAULT_SETUPS, resolve
 from models.training.loop import Comparison
 from models.training.presets import PRESETS
@@ -56,11 +56,7 @@ def test_tiny_preset_trains_under_each_setup(tiny_results):
 
 def test_results_json_records_runs_summary_and_environment(tiny_results):
   results, out = tiny_results
-
-  def reject(constant):
-    raise ValueError(f'results.json holds {constant}, which is not JSON')
-
-  saved = json.loads((out / 'results.json').read_text(), parse_constant=reject)
+  saved = results_lib.read_json(out / 'results.json')
   assert saved['config']['preset'] == 'tiny'
   assert saved['plan']['steps'] == PRESETS['tiny'].steps
   env = saved['environment']
