@@ -21,6 +21,8 @@ peak learning rates (body and tables alike) on seed 0, centred on a guess that g
 square root of the batch and shrinks with the width, extended wherever the best is on an edge;
 then two more seeds at the best. Ember is compared with every other setup seed by seed, and
 ``ember+muon`` with ``adamw+muon``, with 95% t intervals and verdicts.
+At ``table_rate_points`` each pair of Ember and Adam tables beside the same body then sweeps the
+tables' rate alone, the body at the best rate of Adam tables beside it (``<point>/table_rates/``).
 
 Every finished run is kept as JSON in ``<out>/<point>/runs/`` (committed under
 ``models/bench/results/bench_scaling/``), so the sweep resumes from them on any machine; an
@@ -188,9 +190,9 @@ SWEEPS: dict[str, Sweep] = {
     base_batch=8,
     # Half the main job's 600 steps of 8 x 128 tokens: the whole sweep fits 8 CPU-hours.
     base_tokens=300 * 8 * 128,
-    batches=(1, 4, 8, 16, 64),
+    batches=(1, 4, 8, 64),
     muon_points=('d128-b8', 'd192-b8', 'd128-b1', 'd128-b64'),
-    table_rate_points=('d128-b8', 'd128-b64', 'd128-b1'),
+    table_rate_points=('d128-b8', 'd128-b64'),
     table_rate_ratios=(0.25, 0.5, 1.0),
     setups=('adamw', 'ember', 'rowwise', 'adafactor'),
     seq_len=128,
@@ -209,7 +211,6 @@ SWEEPS: dict[str, Sweep] = {
       'd64-b8',
       'd96-b8',
       'd128-b4',
-      'd128-b16',
     ),
   ),
   'tiny': Sweep(
