@@ -368,9 +368,24 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
       f'setups {" ".join(point.setups)}',
       flush=True,
     )
-    quality.run_benchmark(
-      bench, verbose=verbose, preset=preset, corpus=corpus, runs_dir=out / point.name / 'runs'
-    )
+    runs_dir = out / point.name / 'runs'
+    quality.run_benchmark(bench, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
+    while True:  # Widen each grid to the span of every setup's best, until the span holds still.
+      runs = load_runs(runs_dir)
+      span = shared_span(sweep, point, runs)
+      missing = {
+        setup: span - {r['lr'] for r in runs if r['setup'] == setup} for setup in point.setups
+      }
+      if not any(missing.values()):
+        break
+      for setup, rates in missing.items():
+        if rates:
+          grid = {r['lr'] for r in runs if r['setup'] == setup} | rates
+          log(f'[scaling] {point.name}: {setup} also at {sorted(rates)}, the span of the bests')
+          widened = dataclasses.replace(bench, setups=(setup,), lrs=tuple(sorted(grid)))
+          quality.run_benchmark(
+            widened, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir
+          )
     if point.name in sweep.table_rate_points:
       run_table_rates(sweep, point, config, out, corpus, verbose)
     summarize(sweep, config, out, verbose=False)
@@ -403,8 +418,35 @@ def point_status(sweep: Sweep, point: Point, runs: Sequence[dict]) -> str:
   """``"complete"`` once every setup's grid brackets its best (or may grow no more) and the best
   has every seed; ``"partial"`` if some runs are saved; ``"not run"`` otherwise."""
   centre = sweep.lr_centre(point)
-  start = {setup: {centre * m for m in sweep.grid} for setup in point.setups}
+  span = shared_span(sweep, point, runs)
+  start = {setup: {centre * m for m in sweep.grid} | span for setup in point.setups}
   return grid_status(sweep, start, runs, 'lr')
+
+
+def shared_span(sweep: Sweep, point: Point, runs: Sequence[dict]) -> set[float]:
+  """The rates every setup's grid at ``point`` must also hold: those of the grids' lattice
+  (``base_lr`` times powers of two) from the lowest to the highest best rate of any setup.
+
+  A loss need not be unimodal in the rate (at d128-b64, AdamW-everywhere's grid bracketed a best
+  of 0.016 with 0.008 worse, yet 0.004 is better still): a rate where another setup does best is
+  tried for every setup before a best is taken.
+  """
+  bests = [
+    quality.best_learning_rate(mine, 'lr')
+    for setup in point.setups
+    if (mine := [r for r in runs if r['setup'] == setup])
+  ]
+  if not bests:
+    return set()
+  low, high = min(bests), max(bests)
+  first, last = (round(math.log2(lr / sweep.base_lr)) for lr in (low, high))
+  # A rate some run already used stands for its lattice point, so that floats compare equal.
+  used = sorted({r['lr'] for r in runs})
+  span = set()
+  for k in range(first, last + 1):
+    lr = sweep.base_lr * 2.0**k
+    span.add(next((u for u in used if math.isclose(u, lr, rel_tol=1e-9)), lr))
+  return span
 
 
 def grid_status(sweep: Sweep, start: dict[str, set[float]], runs: Sequence[dict], key: str) -> str:

@@ -38,6 +38,10 @@ def corpus_option(name: str) -> Any:
   return option(None, _CORPUS_OPTIONS[name])
 
 
+# Settings of TrainConfig added after committed runs were saved; None is what those runs used.
+ADDED_LATER = ('table_b2',)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Every setting of a training comparison. ``None`` takes the preset's value.
@@ -81,6 +85,9 @@ class TrainConfig:
   )
   b1: float = option(0.9, "AdamW's first-moment decay")
   b2: float = option(0.999, 'second-moment decay of AdamW and Ember')
+  table_b2: float | None = option(
+    None, "second-moment decay of the token tables' optimizer, its b2 (default: --b2)"
+  )
   eps: float = option(1e-8, 'epsilon of AdamW and Ember')
   weight_decay: float = option(0.0, 'decoupled weight decay of every setup and group')
   clip_norm: float = option(
@@ -194,6 +201,11 @@ class Plan:
     settings = {
       k: v for k, v in dataclasses.asdict(self.config).items() if k in fields and k not in varying
     }
+    # Settings added after runs were saved, left out at their default (which is what those runs
+    # computed), so that saved runs still match.
+    for name in ADDED_LATER:
+      if settings.get(name) is None:
+        settings.pop(name, None)
     resolved = (
       'steps',
       'batch_size',
@@ -317,6 +329,8 @@ def resolve(config: TrainConfig, preset: Preset | None = None) -> Plan:
       _check_number(name, value, low=0.0, low_open=True)
   _check_number('b1', config.b1, low=0.0, high=1.0, high_open=True)
   _check_number('b2', config.b2, low=0.0, high=1.0, high_open=True)
+  if config.table_b2 is not None:
+    _check_number('table_b2', config.table_b2, low=0.0, high=1.0, high_open=True)
   _check_number('eps', config.eps, low=0.0)
   _check_number('weight_decay', config.weight_decay, low=0.0)
   _check_number('clip_norm', config.clip_norm, low=0.0)
@@ -352,6 +366,7 @@ def resolve(config: TrainConfig, preset: Preset | None = None) -> Plan:
     hyper=Hyperparameters(
       b1=config.b1,
       b2=config.b2,
+      table_b2=config.table_b2,
       eps=config.eps,
       weight_decay=config.weight_decay,
       clip_norm=config.clip_norm,

@@ -45,6 +45,8 @@ class Hyperparameters:
   Attributes:
     b1: AdamW's first-moment decay (the body's, and the tables' under ``adamw``).
     b2: second-moment decay of AdamW, Ember and row-wise RMSprop.
+    table_b2: the tables' own second-moment decay (``None``: ``b2``), for AdamW, Ember and
+      row-wise RMSprop tables.
     eps: their epsilon.
     weight_decay: decoupled weight decay of every group (none under ``frozen``).
     clip_norm: clip the whole gradient to this global norm first; 0 turns clipping off.
@@ -52,6 +54,7 @@ class Hyperparameters:
 
   b1: float = 0.9
   b2: float = 0.999
+  table_b2: float | None = None
   eps: float = 1e-8
   weight_decay: float = 0.0
   clip_norm: float = 0.0
@@ -99,10 +102,11 @@ def table_optimizer(
 ) -> optax.GradientTransformation:
   """The transform of table optimizer ``tables`` (``vocab_size`` is needed by ``rowwise``)."""
   wd = hyper.weight_decay
+  b2 = hyper.b2 if hyper.table_b2 is None else hyper.table_b2
   if tables == 'adamw':
-    return optax.adamw(learning_rate, b1=hyper.b1, b2=hyper.b2, eps=hyper.eps, weight_decay=wd)
+    return optax.adamw(learning_rate, b1=hyper.b1, b2=b2, eps=hyper.eps, weight_decay=wd)
   if tables == 'ember':
-    return ember_optax.ember(learning_rate, b2=hyper.b2, eps=hyper.eps, weight_decay=wd)
+    return ember_optax.ember(learning_rate, b2=b2, eps=hyper.eps, weight_decay=wd)
   if tables == 'adafactor':
     # optax's Adafactor does not multiply its weight decay by the learning rate; passing
     # weight_decay * lr(t) as the (scheduled) rate makes it the same decoupled decay as AdamW's.
@@ -115,7 +119,7 @@ def table_optimizer(
   if tables == 'rowwise':
     if vocab_size is None:
       raise ValueError('the rowwise table optimizer needs vocab_size to find each token axis')
-    return rowwise.rowwise(learning_rate, vocab_size, b2=hyper.b2, eps=hyper.eps, weight_decay=wd)
+    return rowwise.rowwise(learning_rate, vocab_size, b2=b2, eps=hyper.eps, weight_decay=wd)
   if tables == 'frozen':
     return optax.set_to_zero()
   raise ValueError(f'unknown table optimizer {tables!r}; choose from {TABLE_OPTIMIZERS}')
@@ -161,8 +165,8 @@ def make_optimizer(
     vocab_size: the vocabulary size (``rowwise`` finds each table's token axis by it).
 
   Returns:
-    The optimizer. AdamW tables beside an AdamW body at the body's learning rate are one
-    ``optax.adamw`` over every parameter, the plain baseline; otherwise the state of the tables'
+    The optimizer. AdamW tables beside an AdamW body at the body's learning rate and ``b2`` are
+    one ``optax.adamw`` over every parameter, the plain baseline; otherwise the state of the tables'
     optimizer is ``optax.partition``'s ``"token_table"`` branch.
 
   Example:
@@ -175,7 +179,7 @@ def make_optimizer(
     4264
   """
   body = body_optimizer(setup.body, learning_rate, hyper)
-  if setup == Setup('adamw') and table_learning_rate is None:
+  if setup == Setup('adamw') and table_learning_rate is None and hyper.table_b2 is None:
     optimizer = body
   else:
     if table_learning_rate is None:

@@ -57,6 +57,7 @@ def _tiny(corpus_dir, cache_dir, *more):
     (['--setups', 'ember+lion'], "--setups: setup 'ember+lion': unknown body optimizer 'lion'"),
     (['--setups', 'adamw', '--lr-for', 'ember=1e-3'], 'not among --setups adamw'),
     (['--b2', '1.0'], '--b2 must be a finite number in [0, 1)'),
+    (['--table-b2', '-0.5'], '--table-b2 must be a finite number in [0, 1)'),
     (['--clip-norm', '-1'], '--clip-norm'),
     (['--seeds', '0', '0'], '--seeds must not repeat'),
     (['--preset', 'huge'], "invalid choice: 'huge'"),

@@ -63,6 +63,27 @@ def test_a_point_whose_best_is_on_an_edge_it_may_still_grow_is_partial():
   assert scaling.point_status(sweep, point, unseeded) == 'partial'
 
 
+def test_every_grid_holds_the_span_of_the_bests():
+  sweep = scaling.SWEEPS['full']
+  point = scaling.Point('d64', 8, ('adamw', 'ember'))
+  c = sweep.lr_centre(point)
+
+  def runs(setup, losses):
+    return [
+      {'setup': setup, 'lr': lr, 'seed': seed, 'final_val_loss': loss}
+      for lr, loss in losses.items()
+      for seed in (0, *(sweep.best_seeds if loss == min(losses.values()) else ()))
+    ]
+
+  # Ember's best, c/4, is inside its grid; AdamW's grid brackets c but never tried c/4.
+  ember = runs('ember', {c / 8: 4.3, c / 4: 4.0, c / 2: 4.1, c: 4.2, c * 2: 4.4})
+  adamw = runs('adamw', {c / 2: 4.3, c: 4.2, c * 2: 4.4})
+  assert scaling.shared_span(sweep, point, ember + adamw) == {c / 4, c / 2, c}
+  assert scaling.point_status(sweep, point, ember + adamw) == 'partial'
+  adamw += runs('adamw', {c / 4: 4.5})
+  assert scaling.point_status(sweep, point, ember + adamw) == 'complete'
+
+
 @pytest.mark.slow
 def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_path, capsys):
   out = tmp_path / 'scaling'

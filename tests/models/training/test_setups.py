@@ -102,6 +102,37 @@ def test_adamw_everywhere_is_one_adamw_and_its_table_share_is_the_moments():
   assert setups.table_state_bytes(state, labels) == 2 * 2 * cfg.vocab_size * cfg.d_model * 4
 
 
+def test_table_b2_sets_the_tables_decay_alone():
+  cfg, params = _tiny_params()
+  labels = table_labels(params, cfg)
+  grads = jax.tree.map(jnp.ones_like, params)
+
+  def state_after_a_step(tables, hyper):
+    tx = setups.make_optimizer(setups.Setup(tables), labels, learning_rate=1e-3, hyper=hyper)
+    return tx.update(grads, tx.init(params), params)[1]
+
+  base = setups.Hyperparameters()
+  fast = dataclasses.replace(base, table_b2=0.5)
+  same, changed = state_after_a_step('ember', base), state_after_a_step('ember', fast)
+  for branch, differs in ((ember_optax.TABLE_LABEL, True), (ember_optax.BODY_LABEL, False)):
+    pairs = zip(
+      jax.tree.leaves(same.inner_states[branch]),
+      jax.tree.leaves(changed.inner_states[branch]),
+      strict=True,
+    )
+    assert any(not np.array_equal(x, y) for x, y in pairs) == differs, branch
+  # AdamW tables with a decay of their own are no longer one adamw over every parameter.
+  assert not _is_partition(state_after_a_step('adamw', base))
+  assert _is_partition(state_after_a_step('adamw', fast))
+
+
+def test_table_b2_is_left_out_of_saved_settings_at_its_default(tiny_config):
+  plan = resolve(tiny_config)
+  assert 'table_b2' not in plan.training_settings()  # Runs saved before it existed still match.
+  fast = resolve(dataclasses.replace(tiny_config, table_b2=0.99))
+  assert fast.training_settings()['table_b2'] == 0.99 and fast.hyper.table_b2 == 0.99
+
+
 def test_setup_names_and_bad_names():
   assert setups.Setup.parse('ember+muon') == setups.Setup('ember', 'muon')
   assert setups.Setup.parse('rowwise').name == 'rowwise'
