@@ -62,9 +62,12 @@ class RowStepsConfig:
     (0.004, 0.016), 'peak learning rates, body and tables alike; every setup runs each'
   )
   seed: int = option(0, 'the initialization and batch-order seed')
+  table_b2: float | None = option(
+    None, "the token tables' own second-moment decay (default: the sweep's b2, 0.999)"
+  )
   out: str | None = option(
-    None, 'results folder (default: models/bench/results/row_steps/<point> for the full sweep, '
-    'out/row_steps/<sweep>/<point> otherwise)',
+    None, 'results folder (default: models/bench/results/row_steps/<point>, with '
+    '-table-b2-<b2> if set, for the full sweep; out/row_steps/<sweep>/... otherwise)',
   )  # fmt: skip
   text: str | None = corpus_option('text')
   cache_dir: str | None = corpus_option('cache_dir')
@@ -147,9 +150,10 @@ def measure_run(comparison: Comparison, setup: str, lr: float, seed: int) -> dic
 def out_folder(config: RowStepsConfig) -> Path:
   if config.out is not None:
     return Path(config.out)
+  name = config.point if config.table_b2 is None else f'{config.point}-table-b2-{config.table_b2:g}'
   if config.sweep == 'full':
-    return DEFAULT_OUT / config.point
-  return Path('out', 'row_steps', config.sweep, config.point)
+    return DEFAULT_OUT / name
+  return Path('out', 'row_steps', config.sweep, name)
 
 
 def run_row_steps(config: RowStepsConfig, verbose: bool = True) -> dict:
@@ -171,7 +175,8 @@ def run_row_steps(config: RowStepsConfig, verbose: bool = True) -> dict:
     preset=config.sweep, text=config.text, cache_dir=config.cache_dir
   )
   bench, preset = scaling.point_config(sweep, point, scaling_config, out)
-  plan = resolve(dataclasses.replace(bench, setups=tuple(config.setups)), preset)
+  bench = dataclasses.replace(bench, setups=tuple(config.setups), table_b2=config.table_b2)
+  plan = resolve(bench, preset)
   corpus = data_lib.load_corpus(
     config.text, vocab_size=sweep.vocab_size, cache_dir=config.cache_dir, verbose=verbose
   )
@@ -199,7 +204,8 @@ def run_row_steps(config: RowStepsConfig, verbose: bool = True) -> dict:
   results_lib.write_json(out / 'row_steps.json', result)
   (out / 'row_steps.md').write_text(
     f'Row steps at {point.name} ({plan.steps} steps of {plan.batch_size} sequences), '
-    f'seed {config.seed}: means over the run\n\n' + result['table'] + '\n'
+    f'seed {config.seed}, table b2 {plan.hyper.table_b2 or plan.hyper.b2:g}: means over the '
+    'run\n\n' + result['table'] + '\n'
   )
   plot(runs, out / 'row_steps.png', title=f'{point.name}, seed {config.seed}')
   if verbose:

@@ -52,3 +52,9 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count('\n') == 1
   assert "--point: unknown point 'x1-b1'; choose from t16-b2 t32-b2 t16-b4" in err
+
+
+def test_a_table_b2_of_its_own_gets_a_folder_of_its_own():
+  assert row_steps.out_folder(row_steps.RowStepsConfig()).name == 'd128-b64'
+  config = row_steps.RowStepsConfig(table_b2=0.95)
+  assert row_steps.out_folder(config).name == 'd128-b64-table-b2-0.95'
