@@ -726,7 +726,7 @@ def format_tables(sweep: Sweep, result: dict) -> str:
     + tables.markdown_table(['point', *setups], lr_rows)
   )
   hours = result['train_time_s'] / 3600
-  sections.append(f'Training time of the saved runs: {hours:.2f} h.')
+  sections.append(f"Sum of the saved runs' training times: {hours:.2f} h.")
   return '\n\n'.join(sections)
 
 
@@ -773,7 +773,7 @@ def plot_all(sweep: Sweep, result: dict, out: Path) -> None:
     ax.axhline(0.0, color='black', lw=0.8)
     ax.set_xscale('log', base=base)
     if base == 2:
-      ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+      ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
     ax.set_xlabel(xlabel)
     ax.set_ylabel('Ember minus peer, final val loss (nats)')
     ax.set_title('Ember minus each peer (95% interval over seeds); below 0: Ember better')
@@ -798,7 +798,7 @@ def plot_all(sweep: Sweep, result: dict, out: Path) -> None:
     style = '--' if parsed.body == 'muon' else '-'
     ax.plot(xs, ys, 'o' + style, color=COLORS[parsed.tables], label=setup)
   ax.set_xscale('log', base=2)
-  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
   ax.set_yscale('log', base=2)
   ax.set_xlabel('sequences per step (fixed tokens)')
   ax.set_ylabel('best peak learning rate')
