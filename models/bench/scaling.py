@@ -87,6 +87,8 @@ class Sweep:
     base_tokens: training tokens of a run of ``base_size``.
     batches: the batch axis, at ``base_size``.
     muon_points: the points that also run ``MUON_PAIR``.
+    muon_lr_ratio: the Muon body's grid centre, as a multiple of the AdamW body's (Muon's best
+      rate is 2-4 times AdamW's at d128, so a grid centred there brackets it without growing).
     table_rate_points: points whose ``RATE_PAIRS`` then sweep the tables' rate alone, the body
       at the best rate of Adam tables beside it (the rate a user has already tuned): a table
       optimizer's best rate need not be its body's.
@@ -109,6 +111,7 @@ class Sweep:
   base_tokens: int
   batches: tuple[int, ...]
   muon_points: tuple[str, ...]
+  muon_lr_ratio: float
   table_rate_points: tuple[str, ...]
   table_rate_ratios: tuple[float, ...]
   setups: tuple[str, ...]
@@ -162,6 +165,14 @@ class Sweep:
     guess = math.log2(math.sqrt(point.batch_size / self.base_batch) * width)
     return self.base_lr * 2.0 ** round(guess)
 
+  def grid_for(self, point: Point, setup: str) -> tuple[float, ...]:
+    """``setup``'s starting grid at ``point``: the centre (times ``muon_lr_ratio`` for the Muon
+    body) times ``grid``."""
+    centre = self.lr_centre(point)
+    if Setup.parse(setup).body == 'muon':
+      centre *= self.muon_lr_ratio
+    return tuple(centre * m for m in self.grid)
+
   def preset(self, point: Point) -> Preset:
     steps = self.steps(point)
     return Preset(
@@ -192,6 +203,7 @@ SWEEPS: dict[str, Sweep] = {
     base_tokens=300 * 8 * 128,
     batches=(1, 4, 8, 64),
     muon_points=('d128-b8', 'd192-b8', 'd128-b1', 'd128-b64'),
+    muon_lr_ratio=2.0,
     table_rate_points=('d128-b8', 'd128-b64'),
     table_rate_ratios=(0.25, 0.5, 1.0),
     setups=('adamw', 'ember', 'rowwise', 'adafactor'),
@@ -223,6 +235,7 @@ SWEEPS: dict[str, Sweep] = {
     base_tokens=6 * 2 * 32,
     batches=(2, 4),
     muon_points=('t16-b2',),
+    muon_lr_ratio=1.0,
     table_rate_points=('t16-b2',),
     table_rate_ratios=(0.5, 1.0),
     setups=('adamw', 'ember'),
@@ -250,6 +263,11 @@ class ScalingConfig:
   )
   points: tuple[str, ...] | None = option(
     None, 'run only these points, e.g. d128-b8 (default: every point of the sweep, in order)'
+  )
+  setups: tuple[str, ...] | None = option(
+    None,
+    "run only these setups of each point, e.g. ember+muon adamw+muon (default: every point's "
+    'setups); two processes may share a point only with disjoint --setups',
   )
   summarize: bool = option(
     False, 'train nothing: rebuild every table and plot from the runs saved in --out'
@@ -353,7 +371,7 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
   """Runs (or resumes) every point of the sweep, then summarizes; returns the summary."""
   sweep = SWEEPS[config.preset]
   out = out_folder(config)
-  points = _selected_points(sweep, config.points)
+  points = _selected_points(sweep, config.points, config.setups)
   if config.summarize:
     return summarize(sweep, config, out, verbose=verbose)
   log = print if verbose else (lambda *a, **k: None)
@@ -369,12 +387,16 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
       flush=True,
     )
     runs_dir = out / point.name / 'runs'
-    quality.run_benchmark(bench, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
+    for grid in dict.fromkeys(sweep.grid_for(point, s) for s in point.setups):
+      setups = tuple(s for s in point.setups if sweep.grid_for(point, s) == grid)
+      grown = dataclasses.replace(bench, setups=setups, lrs=grid)
+      quality.run_benchmark(grown, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
     while True:  # Widen each grid to the span of every setup's best, until the span holds still.
       runs = load_runs(runs_dir)
       span = shared_span(sweep, point, runs)
       missing = {
-        setup: span - {r['lr'] for r in runs if r['setup'] == setup} for setup in point.setups
+        setup: span[setup] - {r['lr'] for r in runs if r['setup'] == setup}
+        for setup in point.setups
       }
       if not any(missing.values()):
         break
@@ -392,15 +414,29 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
   return summarize(sweep, config, out, verbose=verbose)
 
 
-def _selected_points(sweep: Sweep, names: Sequence[str] | None) -> list[Point]:
+def _selected_points(
+  sweep: Sweep, names: Sequence[str] | None, setups: Sequence[str] | None = None
+) -> list[Point]:
+  """The points named by ``--points`` (every point if None), each with only the ``--setups``
+  it runs (all of them if None)."""
   points = sweep.points()
-  if names is None:
+  if names is not None:
+    known = {p.name: p for p in points}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+      raise ConfigError(f'--points: unknown point {unknown[0]!r}; choose from {" ".join(known)}')
+    points = [known[n] for n in names]
+  if setups is None:
     return points
-  known = {p.name: p for p in points}
-  unknown = [n for n in names if n not in known]
+  offered = sorted({s for p in points for s in p.setups})
+  unknown = [s for s in setups if s not in offered]
   if unknown:
-    raise ConfigError(f'--points: unknown point {unknown[0]!r}; choose from {" ".join(known)}')
-  return [known[n] for n in names]
+    raise ConfigError(
+      f'--setups: {unknown[0]!r} is not a setup of the points chosen; choose from '
+      f'{" ".join(offered)}'
+    )
+  chosen = [dataclasses.replace(p, setups=tuple(s for s in p.setups if s in setups)) for p in points]
+  return [p for p in chosen if p.setups]
 
 
 def load_runs(runs_dir: Path) -> list[dict]:
@@ -417,36 +453,35 @@ def load_runs(runs_dir: Path) -> list[dict]:
 def point_status(sweep: Sweep, point: Point, runs: Sequence[dict]) -> str:
   """``"complete"`` once every setup's grid brackets its best (or may grow no more) and the best
   has every seed; ``"partial"`` if some runs are saved; ``"not run"`` otherwise."""
-  centre = sweep.lr_centre(point)
   span = shared_span(sweep, point, runs)
-  start = {setup: {centre * m for m in sweep.grid} | span for setup in point.setups}
+  start = {setup: set(sweep.grid_for(point, setup)) | span[setup] for setup in point.setups}
   return grid_status(sweep, start, runs, 'lr')
 
 
-def shared_span(sweep: Sweep, point: Point, runs: Sequence[dict]) -> set[float]:
-  """The rates every setup's grid at ``point`` must also hold: those of the grids' lattice
-  (``base_lr`` times powers of two) from the lowest to the highest best rate of any setup.
+def shared_span(sweep: Sweep, point: Point, runs: Sequence[dict]) -> dict[str, set[float]]:
+  """The rates each setup's grid at ``point`` must also hold: those of the grids' lattice
+  (``base_lr`` times powers of two) from the lowest to the highest best rate of any setup with
+  the same body.
 
   A loss need not be unimodal in the rate (at d128-b64, AdamW-everywhere's grid bracketed a best
   of 0.016 with 0.008 worse, yet 0.004 is better still): a rate where another setup does best is
-  tried for every setup before a best is taken.
+  tried for every setup before a best is taken. The bodies' rates mean different steps (Muon's
+  best is 2-4 times AdamW's), so the span is taken within a body.
   """
-  bests = [
-    quality.best_learning_rate(mine, 'lr')
-    for setup in point.setups
-    if (mine := [r for r in runs if r['setup'] == setup])
-  ]
-  if not bests:
-    return set()
-  low, high = min(bests), max(bests)
-  first, last = (round(math.log2(lr / sweep.base_lr)) for lr in (low, high))
+  bests: dict[str, list[float]] = {}
+  for setup in point.setups:
+    if mine := [r for r in runs if r['setup'] == setup]:
+      bests.setdefault(Setup.parse(setup).body, []).append(quality.best_learning_rate(mine, 'lr'))
   # A rate some run already used stands for its lattice point, so that floats compare equal.
   used = sorted({r['lr'] for r in runs})
-  span = set()
-  for k in range(first, last + 1):
-    lr = sweep.base_lr * 2.0**k
-    span.add(next((u for u in used if math.isclose(u, lr, rel_tol=1e-9)), lr))
-  return span
+  spans = {}
+  for body, rates in bests.items():
+    first, last = (round(math.log2(lr / sweep.base_lr)) for lr in (min(rates), max(rates)))
+    spans[body] = {
+      next((u for u in used if math.isclose(u, lr, rel_tol=1e-9)), lr)
+      for lr in (sweep.base_lr * 2.0**k for k in range(first, last + 1))
+    }
+  return {setup: spans.get(Setup.parse(setup).body, set()) for setup in point.setups}
 
 
 def grid_status(sweep: Sweep, start: dict[str, set[float]], runs: Sequence[dict], key: str) -> str:
@@ -533,6 +568,7 @@ def summarize(sweep: Sweep, config: ScalingConfig, out: Path, verbose: bool = Tr
       'lr_centre': 'base_lr * 2 ** round(log2(sqrt(batch / base_batch) * d_base / d))',
       'base_lr': sweep.base_lr,
       'grid': list(sweep.grid),
+      'muon_lr_ratio': sweep.muon_lr_ratio,
       'extend': sweep.extend,
       'grid_seeds': list(sweep.grid_seeds),
       'best_seeds': list(sweep.best_seeds),

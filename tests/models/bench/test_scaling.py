@@ -65,7 +65,7 @@ def test_a_point_whose_best_is_on_an_edge_it_may_still_grow_is_partial():
 
 def test_every_grid_holds_the_span_of_the_bests():
   sweep = scaling.SWEEPS['full']
-  point = scaling.Point('d64', 8, ('adamw', 'ember'))
+  point = scaling.Point('d64', 8, ('adamw', 'ember', 'adamw+muon'))
   c = sweep.lr_centre(point)
 
   def runs(setup, losses):
@@ -78,10 +78,16 @@ def test_every_grid_holds_the_span_of_the_bests():
   # Ember's best, c/4, is inside its grid; AdamW's grid brackets c but never tried c/4.
   ember = runs('ember', {c / 8: 4.3, c / 4: 4.0, c / 2: 4.1, c: 4.2, c * 2: 4.4})
   adamw = runs('adamw', {c / 2: 4.3, c: 4.2, c * 2: 4.4})
-  assert scaling.shared_span(sweep, point, ember + adamw) == {c / 4, c / 2, c}
-  assert scaling.point_status(sweep, point, ember + adamw) == 'partial'
+  # The Muon body's best, 4c, is far from the AdamW body's: the span is taken within a body.
+  muon = runs('adamw+muon', {c * 2: 4.1, c * 4: 3.9, c * 8: 4.0})
+  span = scaling.shared_span(sweep, point, ember + adamw + muon)
+  assert span == {'ember': {c / 4, c / 2, c}, 'adamw': {c / 4, c / 2, c}, 'adamw+muon': {c * 4}}
+  assert scaling.point_status(sweep, point, ember + adamw + muon) == 'partial'
   adamw += runs('adamw', {c / 4: 4.5})
-  assert scaling.point_status(sweep, point, ember + adamw) == 'complete'
+  # The Muon setup's starting grid (c/2, c, 2c) still lacks c/2 and c.
+  assert scaling.point_status(sweep, point, ember + adamw + muon) == 'partial'
+  muon += runs('adamw+muon', {c / 2: 4.6, c: 4.4})
+  assert scaling.point_status(sweep, point, ember + adamw + muon) == 'complete'
 
 
 @pytest.mark.slow
@@ -151,6 +157,24 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
 
   summary = scaling.main(['--preset', 'tiny', '--out', str(out), '--summarize'])
   assert summary['points'] == again['points']
+
+
+def test_setups_narrow_the_points_and_drop_those_left_empty():
+  sweep = scaling.SWEEPS['tiny']
+  points = scaling._selected_points(sweep, None, ('adamw+muon',))
+  assert [(p.name, p.setups) for p in points] == [('t16-b2', ('adamw+muon',))]
+  every = scaling._selected_points(sweep, ['t32-b2'], None)
+  assert every[0].setups == sweep.setups
+
+
+def test_bad_setups_are_one_line_on_stderr(capsys, tmp_path):
+  with pytest.raises(SystemExit) as exit_info:
+    argv = ['--preset', 'tiny', '--out', str(tmp_path), '--points', 't32-b2', '--setups', 'ember+muon']
+    scaling.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1
+  assert "--setups: 'ember+muon' is not a setup of the points chosen; choose from adamw ember" in err
 
 
 def test_bad_points_are_one_line_on_stderr(capsys, tmp_path):
