@@ -435,8 +435,10 @@ def _selected_points(
       f'--setups: {unknown[0]!r} is not a setup of the points chosen; choose from '
       f'{" ".join(offered)}'
     )
-  chosen = [dataclasses.replace(p, setups=tuple(s for s in p.setups if s in setups)) for p in points]
-  return [p for p in chosen if p.setups]
+  narrowed = [
+    dataclasses.replace(p, setups=tuple(s for s in p.setups if s in setups)) for p in points
+  ]
+  return [p for p in narrowed if p.setups]
 
 
 def load_runs(runs_dir: Path) -> list[dict]:

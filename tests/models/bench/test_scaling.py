@@ -168,13 +168,13 @@ def test_setups_narrow_the_points_and_drop_those_left_empty():
 
 
 def test_bad_setups_are_one_line_on_stderr(capsys, tmp_path):
+  argv = ['--preset', 'tiny', '--out', str(tmp_path), '--points', 't32-b2']
   with pytest.raises(SystemExit) as exit_info:
-    argv = ['--preset', 'tiny', '--out', str(tmp_path), '--points', 't32-b2', '--setups', 'ember+muon']
-    scaling.main(argv)
+    scaling.main([*argv, '--setups', 'ember+muon'])
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert err.count('\n') == 1
-  assert "--setups: 'ember+muon' is not a setup of the points chosen; choose from adamw ember" in err
+  assert "--setups: 'ember+muon' is not a setup of the points chosen; choose from adamw" in err
 
 
 def test_bad_points_are_one_line_on_stderr(capsys, tmp_path):
