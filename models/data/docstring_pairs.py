@@ -17,8 +17,10 @@ Pipeline (deterministic):
    ``seq_len + 1`` tokens is dropped (never truncated, so every response is whole). Rows are
    padded with ``<|endoftext|>`` after the end, where the causal model never looks back from a
    scored position.
-4. **Mask.** ``loss_mask[i, t]`` is 1 where target ``t`` (token ``t + 1``) is a response token
-   or the closing ``<|endoftext|>``: the loss is on the response only.
+4. **Mask.** ``loss_mask[i, t]`` is True where target ``t`` (token ``t + 1``) is a response
+   token or the closing ``<|endoftext|>``. ``targets`` are -1 (padding, which
+   ``models.training.step`` never scores) everywhere else: the loss is on the response only,
+   through the same train step and evaluation as pretraining.
 5. **Cache.** Both sides go to the corpus's cache folder (``docstring_pairs-L<seq_len>.npz``,
    keyed by the corpus already), so that only the first run parses the corpus.
 """
@@ -34,7 +36,7 @@ import numpy as np
 from models.data.corpus import EOT, Corpus, CorpusError, _read_text, _write_atomic, list_files
 
 # Bump when anything that changes the cached pairs changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SIDES = ('train', 'held_out')
 
 
@@ -45,7 +47,8 @@ class PairSet:
   Attributes:
     tokens: ``(n, seq_len + 1)`` int32, a pair a row: prompt, response, ``<|endoftext|>``, then
       ``<|endoftext|>`` padding.
-    loss_mask: ``(n, seq_len)`` float32 over the targets ``tokens[:, 1:]``: 1 on the response.
+    loss_mask: ``(n, seq_len)`` bool over the next tokens ``tokens[:, 1:]``: True on the
+      response.
     prompt_lengths: ``(n,)`` int32, the prompt's tokens in each row.
     files: ``(n,)`` the relative path of each pair's file.
     dropped: pairs of this side left out for being longer than ``seq_len + 1`` tokens.
@@ -66,7 +69,8 @@ class PairSet:
 
   @property
   def targets(self) -> np.ndarray:
-    return self.tokens[:, 1:]
+    """The next tokens where they are scored (the response), -1 elsewhere."""
+    return np.where(self.loss_mask, self.tokens[:, 1:], -1)
 
 
 def function_pairs(source: str) -> list[tuple[str, str]]:
@@ -194,9 +198,9 @@ def _tokenize(pairs, tokenizer, eot: int, seq_len: int, side: str) -> PairSet:
       continue
     row = np.full(seq_len + 1, eot, dtype=np.int32)
     row[: len(ids)] = ids
-    mask = np.zeros(seq_len, dtype=np.float32)
+    mask = np.zeros(seq_len, dtype=bool)
     # Target t is token t + 1: the response's tokens and the closing end-of-text.
-    mask[len(prompt.ids) - 1 : len(ids) - 1] = 1.0
+    mask[len(prompt.ids) - 1 : len(ids) - 1] = True
     rows.append(row)
     masks.append(mask)
     prompt_lengths.append(len(prompt.ids))
@@ -217,8 +221,9 @@ def _tokenize(pairs, tokenizer, eot: int, seq_len: int, side: str) -> PairSet:
 
 def pair_batches(
   pairs: PairSet, *, batch_size: int, steps: int, seed: int, start: int = 0
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Yields ``(inputs, targets, loss_mask)`` batches of ``batch_size`` rows for ``steps`` steps.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields ``(inputs, targets)`` batches of ``batch_size`` rows for ``steps`` steps, as
+  ``corpus.train_batches`` does (targets -1 where not scored).
 
   Epochs of a permutation drawn from ``np.random.default_rng(seed)``: every pair once before any
   twice, the same batches for the same seed whatever the optimizer; ``start`` skips the first
@@ -233,5 +238,6 @@ def pair_batches(
     [rng.permutation(len(pairs))[: per_epoch * batch_size] for _ in range(epochs)]
   )
   order = order[: steps * batch_size].reshape(steps, batch_size)
+  inputs, targets = pairs.inputs, pairs.targets
   for rows in order[start:]:
-    yield pairs.inputs[rows], pairs.targets[rows], pairs.loss_mask[rows]
+    yield inputs[rows], targets[rows]
