@@ -598,7 +598,8 @@ def summarize_table_rates(
     best: the point's ``best`` entry of :func:`summarize` (each setup's best rate).
 
   Returns:
-    ``{"status"}``, and once runs are saved ``"best"`` (per setup: the body's rate, the tables'
+    ``{"status"}``, and once runs are saved ``"pair_status"`` (per Adam setup of ``RATE_PAIRS``,
+    the status of its pair alone), ``"best"`` (per setup: the body's rate, the tables'
     best rate and its ratio to the body's, the grid, the losses) and ``"paired"`` (per Adam
     setup of ``RATE_PAIRS``: the Ember setup beside the same body minus it, each at its tables'
     best rate). Also writes the sub-folder's ``bench.json`` and ``bench.md``.
@@ -626,8 +627,14 @@ def summarize_table_rates(
     if ember_setup in at_best and adam_setup in at_best:
       pair = {ember_setup: at_best[ember_setup], adam_setup: at_best[adam_setup]}
       paired.update(stats.paired_differences(pair, reference=ember_setup))
+  pair_status = {}
+  for pair in RATE_PAIRS:
+    if set(pair) <= set(start):
+      mine = [r for r in runs if r['setup'] in pair]
+      pair_status[pair[1]] = grid_status(sweep, {s: start[s] for s in pair}, mine, 'table_lr')
   return {
     'status': grid_status(sweep, start, runs, 'table_lr'),
+    'pair_status': pair_status,
     'best': {
       s: {
         'body_lr': body_lrs[s],
@@ -729,7 +736,8 @@ def format_tables(sweep: Sweep, result: dict) -> str:
       paired = rates.get('paired', {}).get(adam_setup)
       cells += [_interval(paired), _rare(paired)] if paired else ['', '']
       body = Setup.parse(ember_setup).body
-      rate_rows.append([name, body, rates['status'], *cells])
+      status = rates.get('pair_status', {}).get(adam_setup, rates['status'])
+      rate_rows.append([name, body, status, *cells])
   sections.append(
     "### Each setup's tables at their own rate, the body at Adam tables' best rate\n\n"
     + tables.markdown_table(

@@ -117,6 +117,7 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
   point = saved['points']['t16-b2']
   rates = point['table_rates']
   assert rates['status'] == 'complete'
+  assert rates['pair_status'] == {'adamw': 'complete', 'adamw+muon': 'complete'}
   assert set(rates['best']) == {'ember', 'adamw', 'ember+muon', 'adamw+muon'}
   for setup, best in rates['best'].items():
     adam = 'adamw+muon' if setup.endswith('+muon') else 'adamw'
