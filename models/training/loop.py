@@ -3,12 +3,14 @@
 :class:`Comparison` holds what the runs of a comparison share (the plan, the corpus, the fixed
 validation batches with their rare-token mask, the model's parameter count); the main job and the
 quality benchmark both build it once and call :func:`train_one` for every setup, seed and
-learning rate.
+learning rate. Fine-tuning is the same loop on another :class:`Comparison`: the runs start from
+given parameters (a pretrained model), draw their batches from another source (instruction
+pairs) and are also evaluated on other data (the pretraining domain, for forgetting).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
 import hashlib
 import math
@@ -44,6 +46,13 @@ class Comparison:
     val_batches: the final evaluation's batches, windows spread evenly over the validation set.
     rare_mask: ``(vocab_size,)`` booleans, True for the less frequent half of the vocabulary.
     n_params: the model's parameter count (from shapes alone).
+    start_params: the parameters every run starts from (a pretrained model's); None: each
+      seed's fresh initialization.
+    train_source: ``train_source(seed, start)`` yields the run's ``(inputs, targets)`` batches
+      from step ``start`` on (targets -1 where not scored); None: windows of the corpus's
+      training stream (``corpus.train_batches``).
+    extra_evals: more evaluations at the end of a run, by name: each run's result gets
+      ``"<name>_loss"``, the mean cross-entropy over those batches.
   """
 
   plan: Plan
@@ -51,6 +60,11 @@ class Comparison:
   val_batches: Sequence[tuple[np.ndarray, np.ndarray]]
   rare_mask: jax.Array
   n_params: int
+  start_params: Any | None = None
+  train_source: Callable[[int, int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
+  extra_evals: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]] = dataclasses.field(
+    default_factory=dict
+  )
 
   @property
   def curve_batches(self) -> Sequence[tuple[np.ndarray, np.ndarray]]:
@@ -81,9 +95,26 @@ class Comparison:
     return cls(plan, corpus, batches, jnp.asarray(corpus.rare_token_mask()), count_params(abstract))
 
   def init_model(self, seed: int) -> GPT:
-    """The run's model: the same for every setup of a seed."""
+    """The run's model: the same for every setup of a seed (``start_params`` if given)."""
     bias = self.corpus.log_unigram() if self.plan.unigram_bias else None
-    return GPT(self.plan.model, rngs=nnx.Rngs(seed), logit_bias_init=bias)
+    model = GPT(self.plan.model, rngs=nnx.Rngs(seed), logit_bias_init=bias)
+    if self.start_params is not None:
+      nnx.update(model, self.start_params)
+    return model
+
+  def train_batches(self, seed: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The ``(inputs, targets)`` batches of a run of ``seed`` from step ``start`` on."""
+    if self.train_source is not None:
+      return self.train_source(seed, start)
+    plan = self.plan
+    return data_lib.train_batches(
+      self.corpus.train_tokens,
+      batch_size=plan.batch_size,
+      seq_len=plan.seq_len,
+      steps=plan.steps,
+      seed=seed,
+      start=start,
+    )
 
   def optimizer(
     self,
@@ -132,7 +163,8 @@ def train_one(
   checkpoints: RunCheckpoints | None = None,
   log: Callable[[str], None] = print,
   observe: Callable[[int, Any, Any], None] | None = None,
-) -> dict:
+  return_params: bool = False,
+) -> dict | tuple[dict, Any]:
   """Trains one model under ``setup`` from ``seed``; returns its metrics and curves.
 
   Args:
@@ -146,10 +178,14 @@ def train_one(
     log: where the run's messages go.
     observe: if given, called after every step as ``observe(step, params_before, params_after)``
       (parameter pytrees), for diagnostics of the steps themselves.
+    return_params: also return the trained parameters, as ``(result, params)`` (a run that
+      finished earlier has none to return: it raises ``ValueError``).
   """
   plan = comparison.plan
   name = setup.name
   if checkpoints is not None and (result := checkpoints.finished_result()) is not None:
+    if return_params:
+      raise ValueError(f'{name} seed {seed} finished earlier: its parameters are not kept')
     log(f'[train] {name} seed {seed}: finished earlier, read from {checkpoints.result_path}')
     return result
   if learning_rates is None:
@@ -196,14 +232,7 @@ def train_one(
       unit='step',
       leave=True,
     )
-  batches = data_lib.train_batches(
-    comparison.corpus.train_tokens,
-    batch_size=plan.batch_size,
-    seq_len=plan.seq_len,
-    steps=plan.steps,
-    seed=seed,
-    start=progress['step'],
-  )
+  batches = comparison.train_batches(seed, start=progress['step'])
   params, opt_state = state['params'], state['opt_state']
   # Wall time of the run's earlier parts (before a resumption) plus this one's so far.
   elapsed_before = progress.get('elapsed_s', 0.0)
@@ -263,6 +292,10 @@ def train_one(
     'train_loss_curve': [list(point) for point in train_curve],
     'val_loss_curve': [list(point) for point in progress['val_curve']],
   }
+  for eval_name, eval_batches in comparison.extra_evals.items():
+    result[f'{eval_name}_loss'] = (
+      float('nan') if diverged else step_lib.evaluate(graphdef, params, eval_batches, rare_mask)[0]
+    )
   if checkpoints is not None:
     checkpoints.finish(result)
-  return result
+  return (result, params) if return_params else result

@@ -15,10 +15,11 @@ Table optimizers (:data:`TABLE_OPTIMIZERS`):
 * ``rowwise``: row-wise RMSprop (``models.training.rowwise``): one statistic per token.
 * ``frozen``: no update (``optax.set_to_zero``), for fine-tuning baselines.
 
-Bodies (:data:`BODIES`): ``adamw`` (``optax.adamw``) and ``muon`` (``optax.contrib.muon`` with
+Bodies (:data:`BODIES`): ``adamw`` (``optax.adamw``), ``muon`` (``optax.contrib.muon`` with
 ``consistent_rms=0.2``, which scales its orthogonalized updates to AdamW's typical RMS so that one
-learning rate suits both bodies; its non-matrix parameters get its internal AdamW). The tables are
-never in the body's optimizer.
+learning rate suits both bodies; its non-matrix parameters get its internal AdamW) and ``frozen``
+(no update: tables-only fine-tuning, ``"ember+frozen"``). The tables are never in the body's
+optimizer.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ember_optax.diagnostics import state_bytes_by_group
 from models.training import rowwise
 
 TABLE_OPTIMIZERS = ('adamw', 'ember', 'adafactor', 'rowwise', 'frozen')
-BODIES = ('adamw', 'muon')
+BODIES = ('adamw', 'muon', 'frozen')
 # How Muon's orthogonalized updates are scaled: to the RMS of a typical AdamW update.
 MUON_CONSISTENT_RMS = 0.2
 
@@ -81,6 +82,8 @@ class Setup:
       )
     if self.body not in BODIES:
       raise ValueError(f'unknown body optimizer {self.body!r}; choose from {", ".join(BODIES)}')
+    if self.tables == self.body == 'frozen':
+      raise ValueError('frozen+frozen trains nothing; freeze the tables or the body, not both')
 
   @property
   def name(self) -> str:
@@ -142,6 +145,8 @@ def body_optimizer(
       adam_weight_decay=hyper.weight_decay,
       consistent_rms=MUON_CONSISTENT_RMS,
     )
+  if body == 'frozen':
+    return optax.set_to_zero()
   raise ValueError(f'unknown body optimizer {body!r}; choose from {BODIES}')
 
 

@@ -87,3 +87,39 @@ def test_runs_are_deterministic(tiny_config, tiny_results):
   (first,) = [r for r in results['runs'] if r['setup'] == 'ember' and r['seed'] == 1]
   assert again['params_sha256'] == first['params_sha256']
   assert again['final_val_loss'] == first['final_val_loss']
+
+
+def test_a_run_may_start_from_given_params_on_other_batches(tiny_config):
+  """Fine-tuning's loop: the runs start from ``start_params``, draw ``train_source``'s batches
+  and report ``extra_evals``; every setup of a seed still sees the same batches."""
+  from flax import nnx
+
+  from models.training import step as step_lib
+  from models.training.loop import train_one
+  from models.training.setups import Setup
+
+  config = dataclasses.replace(tiny_config, setups=('ember',), seeds=(0,), steps=3)
+  plan = resolve(config)
+  base = Comparison.build(plan, verbose=False)
+  _, start = nnx.split(base.init_model(7), nnx.Param)
+  fixed = base.val_batches[0]
+  drawn = []
+
+  def source(seed, begin):
+    drawn.append((seed, begin))
+    return iter([fixed] * (plan.steps - begin))
+
+  tuned = dataclasses.replace(
+    base, start_params=start, train_source=source, extra_evals={'first_batch': [fixed]}
+  )
+  result, params = train_one(tuned, Setup('ember'), 0, log=lambda *a: None, return_params=True)
+  graphdef, _ = nnx.split(base.init_model(0), nnx.Param)
+  # It started from the given parameters, not seed 0's initialization.
+  assert result['initial_val_loss'] == pytest.approx(
+    step_lib.evaluate(graphdef, start, base.curve_batches, base.rare_mask)[0], rel=1e-6
+  )
+  assert drawn == [(0, 0)] and len(result['train_loss_curve']) == plan.steps
+  assert result['first_batch_loss'] == pytest.approx(
+    step_lib.evaluate(graphdef, params, [fixed], base.rare_mask)[0], rel=1e-6
+  )
+  assert result['first_batch_loss'] < result['train_loss_curve'][0][1]
