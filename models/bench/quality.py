@@ -30,11 +30,13 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import datetime
+import operator
 from pathlib import Path
 import time
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +88,8 @@ def run_benchmark(
   preset: Preset | None = None,
   corpus: Corpus | None = None,
   runs_dir: str | Path | None = None,
+  comparison: Comparison | None = None,
+  settings: Mapping[str, Any] | None = None,
 ) -> dict:
   """Sweeps ``config.lrs`` for every setup and seed of ``config``; returns the results.
 
@@ -100,6 +104,10 @@ def run_benchmark(
     corpus: the corpus, if already loaded (it must match ``config``'s corpus settings).
     runs_dir: keep each finished run's results here as ``<run>.json`` (needs
       ``config.checkpoint_dir``); default: beside its checkpoints.
+    comparison: what the runs share, if built already (fine-tuning builds its own: a
+      pretrained start, instruction batches); its plan must be ``config`` resolved.
+    settings: more of what the runs' numbers depend on (a base model's key, say), recorded with
+      the results and checked against saved runs.
 
   Returns:
     The dict of :func:`summarize_benchmark`, plus ``"data"``, ``"environment"`` and
@@ -126,13 +134,15 @@ def run_benchmark(
       '--sweep lr sets every learning rate itself: drop --lr, or use '
       '--sweep table-lr to keep the body at --lr'
     )
-  plan = resolve(config, preset)
+  plan = resolve(config, preset) if comparison is None else comparison.plan
   for seed in config.best_seeds:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
       raise ConfigError(f'--best-seeds must be integers >= 0, got {list(config.best_seeds)}')
   log = print if verbose else (lambda *a, **k: None)
-  comparison = Comparison.build(plan, corpus, verbose=verbose)
-  settings = {**plan.training_settings(), 'sweep': sweep}
+  if comparison is None:
+    comparison = Comparison.build(plan, corpus, verbose=verbose)
+  settings = {**plan.training_settings(), **(settings or {}), 'sweep': sweep}
+  losses = stats.LOSSES + tuple(f'{name}_loss' for name in comparison.extra_evals)
   folder = results_folder = None
   if plan.checkpoint_dir:
     folder = checkpoints_lib.open_folder(plan.checkpoint_dir, settings)
@@ -156,40 +166,67 @@ def run_benchmark(
     return point
 
   for setup in plan.setups:
-    grid, done, extensions = sorted(float(lr) for lr in lrs), set(), {'low': 0, 'high': 0}
-    while True:
-      for lr in grid:
-        if lr not in done:
-          runs.extend(run_point(setup, lr, plan.seeds))
-          done.add(lr)
-          point = stats.summarize(
-            [r for r in runs if r['setup'] == setup.name and r[SWEEPS[sweep]] == lr]
-          )[setup.name]['final_val_loss']
-          log(
-            f'[bench] {setup.name} at {sweep} {lr:g}: final val loss {tables.format_loss(point)}',
-            flush=True,
-          )
-      best = best_learning_rate([r for r in runs if r['setup'] == setup.name], SWEEPS[sweep])
-      if len(grid) > 1 and best == grid[0] and extensions['low'] < extend:
-        grid.insert(0, grid[0] ** 2 / grid[1])
-        extensions['low'] += 1
-      elif len(grid) > 1 and best == grid[-1] and extensions['high'] < extend:
-        grid.append(grid[-1] ** 2 / grid[-2])
-        extensions['high'] += 1
-      else:
-        break
+
+    def run_grid_point(lr: float, setup=setup) -> list[dict]:
+      point = run_point(setup, lr, plan.seeds)
+      summary = stats.summarize(point)[setup.name]['final_val_loss']
+      log(
+        f'[bench] {setup.name} at {sweep} {lr:g}: final val loss {tables.format_loss(summary)}',
+        flush=True,
+      )
+      return point
+
+    setup_runs, best = bracket_best(
+      lrs, extend, run_grid_point, lambda runs: best_learning_rate(runs, SWEEPS[sweep])
+    )
+    runs.extend(setup_runs)
     if config.best_seeds:
       runs.extend(run_point(setup, best, config.best_seeds))
       log(f'[bench] {setup.name}: seeds {list(config.best_seeds)} at its best, {sweep} {best:g}')
   train_fields = {field.name for field in dataclasses.fields(TrainConfig)}
   given = {k: v for k, v in dataclasses.asdict(plan.config).items() if k in train_fields}
-  results = summarize_benchmark({**given, 'sweep': sweep}, settings, runs)
+  results = summarize_benchmark({**given, 'sweep': sweep}, settings, runs, losses)
   corpus = comparison.corpus
   results['data'] = {k: v for k, v in corpus.info.items() if k != 'val_file_list'}
   results['environment'] = results_lib.environment(corpus.cache_dir)
   results['total_time_s'] = time.perf_counter() - started
-  report(results, Path(plan.out) if plan.out else None, verbose=verbose)
+  report(results, Path(config.out) if config.out else None, verbose=verbose)
   return results
+
+
+def bracket_best(
+  lrs: Sequence[float],
+  extend: int,
+  run_point: Callable[[float], list[dict]],
+  best_of: Callable[[list[dict]], float],
+) -> tuple[list[dict], float]:
+  """Runs a grid of learning rates, growing it until it brackets the best; one setup's search.
+
+  Args:
+    lrs: the starting grid.
+    extend: how many times the grid may grow on each side: a best on an edge adds a point
+      beyond it, at the ratio of the two outermost points.
+    run_point: ``run_point(lr)``, the runs (one per seed) at a learning rate.
+    best_of: the best learning rate of the runs so far.
+
+  Returns:
+    ``(runs, best)``: every run, and the best learning rate of the final grid.
+  """
+  grid, done, extensions, runs = sorted(float(lr) for lr in lrs), set(), {'low': 0, 'high': 0}, []
+  while True:
+    for lr in grid:
+      if lr not in done:
+        runs.extend(run_point(lr))
+        done.add(lr)
+    best = best_of(runs)
+    if len(grid) > 1 and best == grid[0] and extensions['low'] < extend:
+      grid.insert(0, grid[0] ** 2 / grid[1])
+      extensions['low'] += 1
+    elif len(grid) > 1 and best == grid[-1] and extensions['high'] < extend:
+      grid.append(grid[-1] ** 2 / grid[-2])
+      extensions['high'] += 1
+    else:
+      return runs, best
 
 
 def run_name(setup: str, sweep: str, lr: float, seed: int) -> str:
@@ -197,15 +234,21 @@ def run_name(setup: str, sweep: str, lr: float, seed: int) -> str:
   return f'{setup}-{sweep}{lr:g}-seed{seed}'
 
 
-def _mean_loss(runs: Sequence[dict]) -> float:
-  """Mean final validation loss, with a diverged grid point (NaN) ranked last."""
-  loss = float(np.mean(np.asarray([r['final_val_loss'] for r in runs], dtype=float)))
-  return float('inf') if np.isnan(loss) else loss
+def _mean_loss(runs: Sequence[dict], loss: Callable[[dict], float]) -> float:
+  """Mean ``loss`` of the runs, with a diverged grid point (None or NaN) ranked last."""
+  values = [loss(r) for r in runs]
+  mean = float(np.mean(np.asarray([np.nan if v is None else v for v in values], dtype=float)))
+  return float('inf') if np.isnan(mean) else mean
 
 
-def best_learning_rate(runs: Sequence[dict], key: str) -> float:
+def best_learning_rate(
+  runs: Sequence[dict],
+  key: str,
+  loss: Callable[[dict], float] = operator.itemgetter('final_val_loss'),
+) -> float:
   """The learning rate (``key``: ``"lr"`` or ``"table_lr"``) of one setup's ``runs`` with the
-  lowest mean final loss over the seeds that every grid point ran.
+  lowest mean ``loss`` (default: the final validation loss) over the seeds that every grid
+  point ran.
 
   Seeds added at the best point alone (``--best-seeds``) do not take part, so every point is
   judged on the same seeds.
@@ -214,10 +257,14 @@ def best_learning_rate(runs: Sequence[dict], key: str) -> float:
   for r in runs:
     by_lr.setdefault(r[key], {})[r['seed']] = r
   common = set.intersection(*(set(seeds) for seeds in by_lr.values()))
-  return min(sorted(by_lr), key=lambda lr: _mean_loss([by_lr[lr][seed] for seed in sorted(common)]))
+  return min(
+    sorted(by_lr), key=lambda lr: _mean_loss([by_lr[lr][seed] for seed in sorted(common)], loss)
+  )
 
 
-def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
+def summarize_benchmark(
+  config: dict, settings: dict, runs: list[dict], losses: Sequence[str] = stats.LOSSES
+) -> dict:
   """Selects each setup's best learning rate and compares the setups, from the runs alone.
 
   Args:
@@ -225,6 +272,8 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
       ``"sweep"``).
     settings: the runs' training settings (``Plan.training_settings()``, with ``"sweep"``).
     runs: the main job's run entries of every setup, seed and learning rate.
+    losses: the runs' losses to summarize and compare (``stats.LOSSES``, plus a comparison's
+      ``extra_evals``).
 
   Returns:
     ``{"config", "settings", "sweep", "grid", "best", "paired", "lr_rule", "runs", "grid_table",
@@ -240,7 +289,7 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
   for setup in setups:
     lrs = sorted({r[key] for r in runs if r['setup'] == setup})
     grid[setup] = {
-      lr: stats.summarize([r for r in runs if r['setup'] == setup and r[key] == lr])[setup]
+      lr: stats.summarize([r for r in runs if r['setup'] == setup and r[key] == lr], losses)[setup]
       for lr in lrs
     }
     best_lr = best_learning_rate([r for r in runs if r['setup'] == setup], key)
@@ -250,7 +299,7 @@ def summarize_benchmark(config: dict, settings: dict, runs: list[dict]) -> dict:
       'lr_on_grid_edge': len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
     }
     at_best[setup] = [r for r in runs if r['setup'] == setup and r[key] == best_lr]
-  paired = stats.paired_differences(at_best)
+  paired = stats.paired_differences(at_best, losses=losses)
   lr_rule = None
   if 'ember' in best and 'adamw' in best:
     lr_rule = best['ember']['best_lr'] / best['adamw']['best_lr']

@@ -194,7 +194,7 @@ def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[
   return train, val
 
 
-def _read_text(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
   """Reads a file as UTF-8 text; None for a file that looks binary (it has a NUL byte)."""
   data = path.read_bytes()
   if b'\x00' in data:
@@ -202,7 +202,7 @@ def _read_text(path: Path) -> str | None:
   return data.decode('utf-8', errors='replace')
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
   """Calls ``write(binary_file)`` on a temporary file, then renames it to ``path``."""
   tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
   with open(tmp, 'wb') as f:
@@ -306,15 +306,15 @@ def load_corpus(
     if len(files) == 1:
       # One file: split by position (the tail is validation), the only split a single
       # document allows.
-      whole = _read_text(root / files[0]) or ''
+      whole = read_text(root / files[0]) or ''
       cut = int(len(whole) * (1.0 - val_fraction))
       train_texts, val_texts = [whole[:cut]], [whole[cut:]]
       train_files, val_files = files, files
       split_rule = f'single file: last {val_fraction:.0%} of characters is validation'
     else:
       train_files, val_files = split_files(files, val_fraction)
-      train_texts = [t for t in (_read_text(root / f) for f in train_files) if t]
-      val_texts = [t for t in (_read_text(root / f) for f in val_files) if t]
+      train_texts = [t for t in (read_text(root / f) for f in train_files) if t]
+      val_texts = [t for t in (read_text(root / f) for f in val_files) if t]
       split_rule = f'by file: sha256(relative path) < {val_fraction} is validation'
     if not train_texts or not val_texts:
       raise CorpusError(
@@ -355,9 +355,9 @@ def load_corpus(
     # Every file is written under a temporary name and renamed into place, the tokenizer last,
     # so that neither an interrupted build nor two processes building at once leave a cache
     # that looks complete but is not.
-    _write_atomic(train_path, lambda f: np.save(f, train_tokens))
-    _write_atomic(val_path, lambda f: np.save(f, val_tokens))
-    _write_atomic(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    write_atomic(train_path, lambda f: np.save(f, train_tokens))
+    write_atomic(val_path, lambda f: np.save(f, val_tokens))
+    write_atomic(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
     tmp_tok.replace(tok_path)
     if verbose:
       print(

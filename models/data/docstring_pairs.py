@@ -33,7 +33,7 @@ import dataclasses
 
 import numpy as np
 
-from models.data.corpus import EOT, Corpus, CorpusError, _read_text, _write_atomic, list_files
+from models.data.corpus import EOT, Corpus, CorpusError, list_files, read_text, write_atomic
 
 # Bump when anything that changes the cached pairs changes.
 CACHE_VERSION = 2
@@ -134,7 +134,7 @@ def load_pairs(corpus: Corpus, seq_len: int) -> tuple[PairSet, PairSet]:
   arrays = {
     f'{side}_{k}': v for side, p in zip(SIDES, pairs, strict=True) for k, v in _to_arrays(p).items()
   }
-  _write_atomic(cache, lambda f: np.savez(f, **arrays))
+  write_atomic(cache, lambda f: np.savez(f, **arrays))
   return pairs
 
 
@@ -171,7 +171,7 @@ def _build_pairs(corpus: Corpus, seq_len: int) -> tuple[PairSet, PairSet]:
   eot = tokenizer.token_to_id(EOT)
   sides: dict[bool, list] = {False: [], True: []}
   for rel in files:
-    text = _read_text(root / rel)
+    text = read_text(root / rel)
     if text:
       for prompt, response in function_pairs(text):
         sides[rel in held_out_files].append((rel, prompt, response))

@@ -55,6 +55,9 @@ class GPTConfig:
 
 # GPT-2's initialization: small normal weights, zero biases.
 _INIT_STD = 0.02
+# One attention layer's cache for incremental decoding: keys and values, each
+# (batch, max_len, heads, head_dim).
+KVCache = tuple[jax.Array, jax.Array]
 
 
 class CausalSelfAttention(nnx.Module):
@@ -69,14 +72,36 @@ class CausalSelfAttention(nnx.Module):
     out_init = nnx.initializers.normal(_INIT_STD / (2 * config.n_layers) ** 0.5)
     self.out = nnx.Linear(config.d_model, config.d_model, kernel_init=out_init, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     batch, length, width = x.shape
-    head_dim = width // self.n_heads
-    qkv = self.qkv(x).reshape(batch, length, 3, self.n_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    qkv = self.qkv(x).reshape(batch, length, 3, self.n_heads, width // self.n_heads)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    q, k, v = self._qkv(x)
     # (batch, length, heads, head_dim) in and out; is_causal masks out future positions.
     y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    return self.out(y.reshape(batch, length, width))
+    return self.out(y.reshape(x.shape))
+
+  def prefill(self, x: jax.Array, max_len: int) -> tuple[jax.Array, KVCache]:
+    """``__call__`` on the positions of ``x``, also returning their keys and values as a cache
+    of ``max_len`` positions (zeros after ``x``'s)."""
+    q, k, v = self._qkv(x)
+    y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    pad = ((0, 0), (0, max_len - x.shape[1]), (0, 0), (0, 0))
+    return self.out(y.reshape(x.shape)), (jnp.pad(k, pad), jnp.pad(v, pad))
+
+  def decode(self, x: jax.Array, cache: KVCache, index: jax.Array) -> tuple[jax.Array, KVCache]:
+    """One position ``index`` of every sequence, ``x`` ``(batch, 1, width)``, against the keys
+    and values of the positions before it (``cache``); returns the output and the cache with
+    this position's keys and values written in."""
+    q, k, v = self._qkv(x)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
+    # Positions after ``index`` hold zeros (or stale entries): masked out.
+    seen = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]
+    y = jax.nn.dot_product_attention(q, keys, values, mask=seen)
+    return self.out(y.reshape(x.shape)), (keys, values)
 
 
 class MLP(nnx.Module):
@@ -104,6 +129,18 @@ class Block(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.attn(self.attn_norm(x))
     return x + self.mlp(self.mlp_norm(x))
+
+  def prefill(self, x: jax.Array, max_len: int) -> tuple[jax.Array, KVCache]:
+    """The block on every position of ``x``, with its attention's cache."""
+    attended, cache = self.attn.prefill(self.attn_norm(x), max_len)
+    x = x + attended
+    return x + self.mlp(self.mlp_norm(x)), cache
+
+  def decode(self, x: jax.Array, cache: KVCache, index: jax.Array) -> tuple[jax.Array, KVCache]:
+    """The block at one position, with its attention's cache (``CausalSelfAttention.decode``)."""
+    attended, cache = self.attn.decode(self.attn_norm(x), cache, index)
+    x = x + attended
+    return x + self.mlp(self.mlp_norm(x)), cache
 
 
 class GPT(nnx.Module):
@@ -163,11 +200,46 @@ class GPT(nnx.Module):
     x = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))
     for block in self.blocks:
       x = block(x)
+    return self._logits(x)
+
+  def _logits(self, x: jax.Array) -> jax.Array:
     x = self.final_norm(x)
     logits = self.token_embed.attend(x) if self.lm_head is None else self.lm_head(x)
     if self.logit_bias is not None:
       logits = logits + self.logit_bias[...]
     return logits
+
+  def init_cache(self, batch_size: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
+    """An empty key/value cache of ``batch_size`` sequences of up to ``max_len`` positions, one
+    ``(keys, values)`` pair of ``(batch, max_len, heads, head_dim)`` arrays per block."""
+    config = self.config
+    shape = (batch_size, config.max_len, config.n_heads, config.d_model // config.n_heads)
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks)
+
+  def prefill(self, tokens: jax.Array) -> tuple[jax.Array, tuple[KVCache, ...]]:
+    """The start of incremental decoding: the logits ``(batch, vocab_size)`` after the last of
+    ``tokens`` ``(batch, length)`` and the key/value cache of their positions, in one pass."""
+    length = tokens.shape[-1]
+    x = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))
+    cache = []
+    for block in self.blocks:
+      x, block_cache = block.prefill(x, self.config.max_len)
+      cache.append(block_cache)
+    return self._logits(x[:, -1:])[:, 0], tuple(cache)
+
+  def decode(
+    self, tokens: jax.Array, cache: tuple[KVCache, ...], index: jax.Array
+  ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+    """Incremental decoding: the logits ``(batch, vocab_size)`` after ``tokens`` ``(batch,)``
+    at position ``index`` (the same for every sequence), given the cache of the positions before
+    it; returns them with the updated cache. Position by position from 0, the logits are those
+    of ``__call__`` on the whole sequence (up to float rounding), at a position's cost."""
+    x = self.token_embed(tokens[:, None]) + self.pos_embed(index[None])
+    new_cache = []
+    for block, block_cache in zip(self.blocks, cache, strict=True):
+      x, block_cache = block.decode(x, block_cache, index)
+      new_cache.append(block_cache)
+    return self._logits(x)[:, 0], tuple(new_cache)
 
 
 def token_table_paths(config: GPTConfig) -> frozenset[str]:

@@ -60,10 +60,10 @@ def verdict(ci95: Sequence[float], lower_is_better: bool = True) -> str:
 LOSSES = ('final_val_loss', 'rare_val_loss')
 
 
-def summarize(runs: Sequence[dict]) -> dict:
+def summarize(runs: Sequence[dict], losses: Sequence[str] = LOSSES) -> dict:
   """Per setup, in order of appearance: its seeds, learning rates, losses over seeds and state.
 
-  Each loss is ``describe`` of its values over the seeds (mean, std, spread, interval).
+  Each of ``losses`` is ``describe`` of its values over the seeds (mean, std, spread, interval).
   """
   summary = {}
   for setup in dict.fromkeys(r['setup'] for r in runs):
@@ -72,7 +72,7 @@ def summarize(runs: Sequence[dict]) -> dict:
       'seeds': [r['seed'] for r in rs],
       'lr': rs[0]['lr'],
       'table_lr': rs[0]['table_lr'],
-      **{key: describe([r[key] for r in rs]) for key in LOSSES},
+      **{key: describe([r[key] for r in rs]) for key in losses},
       'table_state_bytes': rs[0]['table_state_bytes'],
       'model_state_bytes': rs[0]['model_state_bytes'],
       'mean_step_time_s': float(np.mean([r['mean_step_time_s'] for r in rs])),
@@ -80,14 +80,19 @@ def summarize(runs: Sequence[dict]) -> dict:
   return summary
 
 
-def paired_differences(runs_by_setup: Mapping[str, Sequence[dict]], reference: str = 'ember'):
-  """``reference`` minus every other setup, seed by seed, over the seeds both ran.
+def paired_differences(
+  runs_by_setup: Mapping[str, Sequence[dict]],
+  reference: str = 'ember',
+  losses: Sequence[str] = LOSSES,
+):
+  """``reference`` minus every other setup, seed by seed, over the seeds both ran, for each of
+  ``losses``.
 
   Within a seed every setup starts from the same initialization and sees the same batches, so
   the difference cancels what the seed does to all setups alike.
 
   Returns:
-    ``{setup: {"seeds", "final_val_loss", "rare_val_loss"}}``, each loss a ``describe``
+    ``{setup: {"seeds", <each of losses>}}``, each loss a ``describe``
     of the differences plus its ``"verdict"`` (negative: ``reference`` has the lower loss).
     Empty without ``reference``.
   """
@@ -101,7 +106,7 @@ def paired_differences(runs_by_setup: Mapping[str, Sequence[dict]], reference: s
     theirs = {r['seed']: r for r in runs}
     seeds = sorted(set(ours) & set(theirs))
     entry = {'seeds': seeds}
-    for key in LOSSES:
+    for key in losses:
       diffs = describe([ours[s][key] - theirs[s][key] for s in seeds])
       entry[key] = {**diffs, 'verdict': verdict(diffs['ci95'])}
     paired[setup] = entry

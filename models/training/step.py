@@ -34,17 +34,33 @@ def loss_sums(model: nnx.Module, inputs, targets, rare_mask=None):
   return losses.sum(), counted.sum(), jnp.where(rare, losses, 0.0).sum(), rare.sum()
 
 
-def train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation) -> Callable:
-  """The pure step ``(params, opt_state, inputs, targets) -> (params, opt_state, loss)``."""
+def next_token_loss(model: nnx.Module, inputs, targets) -> jax.Array:
+  """Mean next-token cross-entropy over the targets that are not padding."""
+  total, count, _, _ = loss_sums(model, inputs, targets)
+  return total / jnp.maximum(count, 1)
 
-  def loss_fn(params, inputs, targets):
-    total, count, _, _ = loss_sums(nnx.merge(graphdef, params), inputs, targets)
-    return total / jnp.maximum(count, 1)
 
-  def step(params, opt_state, inputs, targets):
-    loss, grads = jax.value_and_grad(loss_fn)(params, inputs, targets)
+def train_step(
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  loss: Callable[..., jax.Array] = next_token_loss,
+) -> Callable:
+  """The pure step ``(params, opt_state, *batch) -> (params, opt_state, loss)``.
+
+  Args:
+    graphdef: the model's static graph.
+    optimizer: the optimizer.
+    loss: ``loss(model, *batch)``, a scalar to minimize; default the language model's
+      ``next_token_loss(model, inputs, targets)`` (RL passes its policy loss).
+  """
+
+  def loss_fn(params, *batch):
+    return loss(nnx.merge(graphdef, params), *batch)
+
+  def step(params, opt_state, *batch):
+    value, grads = jax.value_and_grad(loss_fn)(params, *batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), opt_state, value
 
   return step
 
