@@ -206,8 +206,15 @@ def parse_batch(text: str) -> tuple[int, int]:
 
 def check(config: RLConfig) -> None:
   """Raises ``ConfigError`` naming the first setting that cannot be run."""
+  if config.preset not in PRESETS:
+    raise ConfigError(f'--preset: unknown preset {config.preset!r}; choose from {list(PRESETS)}')
+  quality.check_search(config.lrs, config.extend, config.seeds, config.best_seeds)
   for batch in config.batches:
     parse_batch(batch)
+  if len(set(config.batches)) != len(config.batches) or not config.batches:
+    raise ConfigError(f'--batches must name batch shapes once each, got {list(config.batches)}')
+  if not config.setups or len(set(config.setups)) != len(config.setups):
+    raise ConfigError(f'--setups must name setups once each, got {list(config.setups)}')
   for name in ('steps', 'prompt_len', 'max_new_tokens', 'min_open', 'eval_prompts',
                'final_eval_prompts', 'eval_every', 'checkpoint_every'):  # fmt: skip
     value = getattr(config, name)
@@ -222,7 +229,11 @@ def check(config: RLConfig) -> None:
   if not (math.isfinite(config.beta) and config.beta >= 0):
     raise ConfigError(f'--beta must be a finite number >= 0, got {config.beta!r}')
   for setup in config.setups:
-    if setups_lib.Setup.parse(setup).body != 'adamw':
+    try:
+      parsed = setups_lib.Setup.parse(setup)
+    except ValueError as error:
+      raise ConfigError(f'--setups: setup {setup!r}: {error}') from None
+    if parsed.body != 'adamw':
       raise ConfigError(f'--setups {setup!r}: RL compares table optimizers beside an AdamW body')
   max_len = PRESETS[config.preset].model.max_len
   if config.prompt_len + config.max_new_tokens > max_len:

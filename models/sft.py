@@ -394,6 +394,9 @@ def plot_frontier(results: dict, path: Path) -> None:
 def run_sft(config: SFTConfig, verbose: bool = True) -> dict:
   """Runs (or resumes) the comparison; returns and writes its results."""
   config = config.filled()
+  # Every setting is checked before the base model is read or trained.
+  quality.check_search(config.lrs, config.extend, config.seeds, config.best_seeds)
+  resolve(config)
   started = time.perf_counter()
   comparison, base_model = build_comparison(config, verbose=verbose)
   out = Path(config.out)

@@ -116,17 +116,7 @@ def run_benchmark(
   lrs, sweep, extend = config.lrs, config.sweep, config.extend
   if sweep not in SWEEPS:
     raise ConfigError(f'--sweep must be one of {list(SWEEPS)}, got {sweep!r}')
-  if not lrs or any(not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0) for lr in lrs):
-    raise ConfigError(f'--lrs must be positive, finite learning rates, got {list(lrs)}')
-  if len(set(lrs)) != len(lrs):
-    raise ConfigError(f'--lrs must not repeat a learning rate, got {list(lrs)}')
-  if extend < 0:
-    raise ConfigError(f'--extend must be >= 0, got {extend}')
-  if set(config.best_seeds) & set(config.seeds):
-    raise ConfigError(
-      f'--best-seeds must not repeat a seed of --seeds, got {list(config.best_seeds)} and '
-      f'{list(config.seeds)}'
-    )
+  check_search(lrs, extend, config.seeds, config.best_seeds)
   if runs_dir is not None and not config.checkpoint_dir:
     raise ConfigError('keeping runs apart from their checkpoints needs --checkpoint-dir')
   if sweep == 'lr' and config.lr is not None:
@@ -135,9 +125,6 @@ def run_benchmark(
       '--sweep table-lr to keep the body at --lr'
     )
   plan = resolve(config, preset) if comparison is None else comparison.plan
-  for seed in config.best_seeds:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-      raise ConfigError(f'--best-seeds must be integers >= 0, got {list(config.best_seeds)}')
   log = print if verbose else (lambda *a, **k: None)
   if comparison is None:
     comparison = Comparison.build(plan, corpus, verbose=verbose)
@@ -192,6 +179,34 @@ def run_benchmark(
   results['total_time_s'] = time.perf_counter() - started
   report(results, Path(config.out) if config.out else None, verbose=verbose)
   return results
+
+
+def check_search(
+  lrs: Sequence[float], extend: int, seeds: Sequence[int], best_seeds: Sequence[int]
+) -> None:
+  """Raises ``ConfigError`` for a learning-rate search that cannot run (``--lrs``, ``--extend``,
+  ``--seeds``, ``--best-seeds``), before anything trains."""
+  if not lrs or any(
+    isinstance(lr, bool) or not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0)
+    for lr in lrs
+  ):
+    raise ConfigError(f'--lrs must be positive, finite learning rates, got {list(lrs)}')
+  if len(set(lrs)) != len(lrs):
+    raise ConfigError(f'--lrs must not repeat a learning rate, got {list(lrs)}')
+  if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+    raise ConfigError(f'--extend must be an integer >= 0, got {extend!r}')
+  for name, values in (('seeds', seeds), ('best_seeds', best_seeds)):
+    for seed in values:
+      if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f'{cli.flag(name)} must be integers >= 0, got {list(values)}')
+    if len(set(values)) != len(values):
+      raise ConfigError(f'{cli.flag(name)} must not repeat a seed, got {list(values)}')
+  if not seeds:
+    raise ConfigError('--seeds: name at least one seed')
+  if set(best_seeds) & set(seeds):
+    raise ConfigError(
+      f'--best-seeds must not repeat a seed of --seeds, got {list(best_seeds)} and {list(seeds)}'
+    )
 
 
 def bracket_best(

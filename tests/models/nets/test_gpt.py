@@ -89,3 +89,21 @@ def test_count_params_needs_only_shapes():
   model = GPT(config, rngs=nnx.Rngs(0))
   abstract = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
   assert count_params(abstract) == count_params(model) > 0
+
+
+@pytest.mark.parametrize('tie', [False, True])
+def test_prefill_then_decode_gives_the_whole_sequence_logits(tie):
+  config = GPTConfig(vocab_size=97, max_len=16, d_model=32, n_layers=2, n_heads=4, d_ff=64)
+  model = GPT(dataclasses.replace(config, tie_embeddings=tie), rngs=nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (3, 16), 0, 97)
+  whole = model(tokens)
+  logits, cache = model.prefill(tokens[:, :10])
+  np.testing.assert_allclose(logits, whole[:, 9], atol=1e-5)
+  for index in range(10, 16):
+    logits, cache = model.decode(tokens[:, index], cache, jnp.asarray(index))
+    np.testing.assert_allclose(logits, whole[:, index], atol=1e-5)
+  # Position by position from an empty cache, too.
+  cache = model.init_cache(3)
+  for index in range(4):
+    logits, cache = model.decode(tokens[:, index], cache, jnp.asarray(index))
+    np.testing.assert_allclose(logits, whole[:, index], atol=1e-5)

@@ -1,0 +1,100 @@
+"""``python -m models.rl``: the GRPO comparison end to end at the tiny preset."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from models import rl
+from models.reporting import results as results_lib
+
+pytestmark = pytest.mark.slow
+
+
+def _args(corpus_dir, cache_dir, pretrained_dir, out, *more):
+  return [
+    '--preset', 'tiny', '--text', str(corpus_dir), '--cache-dir', str(cache_dir),
+    '--pretrained-dir', str(pretrained_dir), '--out', str(out),
+    '--checkpoint-dir', str(out / 'checkpoints'), *more,
+  ]  # fmt: skip
+
+
+@pytest.fixture(scope='module')
+def finished(corpus_dir, cache_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp('rl')
+  out = root / 'out'
+  args = _args(corpus_dir, cache_dir, root / 'pretrained', out, '--batches', '2x2', '1x4')
+  return args, out, rl.main(args)
+
+
+def test_writes_strict_results_and_the_reward_plot(finished):
+  _, out, results = finished
+  for name in ('results.json', 'results.md', 'reward_curves.png'):
+    assert (out / name).exists(), name
+  saved = results_lib.read_json(out / 'results.json')
+  assert set(saved['best']) == {'2x2', '1x4'}
+  for by_setup in saved['best'].values():
+    assert set(by_setup) == {'adamw', 'ember', 'rowwise'}
+    for s in by_setup.values():
+      assert 0 <= s['final_reward']['mean'] <= 1
+  assert set(saved['paired']['2x2']) == {'adamw', 'rowwise'}
+  for run in saved['runs']:
+    steps = [step for step, _ in run['reward_curve']]
+    assert steps == sorted(steps) and steps[-1] == 4
+    assert all(0 <= reward <= 1 for _, reward in run['reward_curve'])
+  assert 0 <= saved['base_model']['held_out_reward'] <= 1
+
+
+def test_setups_see_the_same_prompts_and_a_seed_repeats(finished):
+  args, _, results = finished
+  again = rl.main(args)  # Read back from the saved runs.
+  assert [r['params_sha256'] for r in again['runs']] == [
+    r['params_sha256'] for r in results['runs']
+  ]
+  ember, adamw = (
+    next(r for r in results['runs'] if r['setup'] == name and r['batch'] == '2x2')
+    for name in ('ember', 'adamw')
+  )
+  # Step 0 of every setup is the base model, scored on the same draws.
+  assert ember['reward_curve'][0] == adamw['reward_curve'][0]
+  assert ember['params_sha256'] != adamw['params_sha256']
+
+
+def test_groups_of_equal_rewards_are_counted(finished):
+  _, _, results = finished
+  for run in results['runs']:
+    assert 0 <= run['mean_zero_advantage_share'] <= 1
+  assert np.isfinite([r['final_reward'] for r in results['runs']]).all()
+
+
+def test_every_flag_has_help_with_its_default():
+  for action in rl.build_parser()._actions:
+    if not isinstance(action, argparse._HelpAction):
+      assert action.help and 'default' in action.help, action.option_strings
+
+
+@pytest.mark.parametrize(
+  'more, message',
+  [
+    (['--batches', '4x1'], 'GROUP >= 2'),
+    (['--batches', 'eight'], 'expected PROMPTSxGROUP'),
+    (['--setups', 'ember+muon'], 'beside an AdamW body'),
+    (['--setups', 'lion'], "unknown table optimizer 'lion'"),
+    (['--prompt-len', '60'], 'exceeds the tiny model'),
+    (['--beta', '-1'], '--beta must be'),
+    (['--lrs', '0'], '--lrs must be positive'),
+  ],
+)
+def test_bad_input_is_one_line_before_anything_trains(
+  corpus_dir, cache_dir, tmp_path, capsys, more, message
+):
+  args = _args(corpus_dir, cache_dir, tmp_path / 'pretrained', tmp_path / 'out', *more)
+  with pytest.raises(SystemExit) as exit_info:
+    rl.main(args)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith('python -m models.rl: error: '), err
+  assert message in err
+  assert not (tmp_path / 'pretrained').exists() and not (tmp_path / 'out').exists()
