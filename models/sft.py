@@ -158,27 +158,30 @@ def build_comparison(config: SFTConfig, verbose: bool = True) -> tuple[Compariso
   """
   plan = resolve(config)
   base = Comparison.build(plan, verbose=verbose)
-  pretrained = load_or_pretrain(
-    PretrainConfig(
-      preset=config.preset,
-      seed=config.pretrain_seed,
-      steps=config.pretrain_steps,
-      text=config.text,
-      cache_dir=config.cache_dir,
-      pretrained_dir=config.pretrained_dir,
-    ),
-    corpus=base.corpus,
-    verbose=verbose,
+  train_pairs, held_out = docstring_pairs.load_pairs(base.corpus, plan.seq_len)
+  if plan.batch_size > len(train_pairs):
+    raise ConfigError(
+      f'--batch-size {plan.batch_size} is more than the {len(train_pairs)} training pairs of '
+      f'--seq-len {plan.seq_len}; use a smaller batch or a larger corpus'
+    )
+  pretrain_config = PretrainConfig(
+    preset=config.preset,
+    seed=config.pretrain_seed,
+    steps=config.pretrain_steps,
+    text=config.text,
+    cache_dir=config.cache_dir,
+    pretrained_dir=config.pretrained_dir,
   )
-  if pretrained.plan.model != plan.model:
-    given = dataclasses.asdict(plan.model)
-    theirs = dataclasses.asdict(pretrained.plan.model)
+  # Checked before the base model is read or trained.
+  base_shape = resolve(pretrain_config.train_config()).model
+  if base_shape != plan.model:
+    given, theirs = dataclasses.asdict(plan.model), dataclasses.asdict(base_shape)
     differing = sorted(k for k in given if given[k] != theirs[k])
     raise ConfigError(
       f'the fine-tuned model differs from the base model in {differing} (from --seq-len, '
       f'--vocab-size or --tie-embeddings); keep the preset {config.preset!r} values'
     )
-  train_pairs, held_out = docstring_pairs.load_pairs(base.corpus, plan.seq_len)
+  pretrained = load_or_pretrain(pretrain_config, corpus=base.corpus, verbose=verbose)
   comparison = dataclasses.replace(
     base,
     val_batches=padded_batches(held_out, plan.batch_size),

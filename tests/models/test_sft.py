@@ -93,3 +93,13 @@ def test_bad_input_is_one_line_before_anything_trains(
   assert err.count('\n') == 1 and err.startswith('python -m models.sft: error: '), err
   assert message in err
   assert not (tmp_path / 'pretrained').exists() and not (tmp_path / 'out').exists()
+
+
+def test_a_model_unlike_the_base_model_is_refused_before_pretraining(
+  corpus_dir, cache_dir, tmp_path, capsys
+):
+  args = _args(corpus_dir, cache_dir, tmp_path / 'pretrained', tmp_path / 'out', '--tie-embeddings')
+  with pytest.raises(SystemExit):
+    sft.main(args)
+  assert "differs from the base model in ['tie_embeddings']" in capsys.readouterr().err
+  assert not (tmp_path / 'pretrained').exists()
