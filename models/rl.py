@@ -101,7 +101,7 @@ DEFAULTS = {
   ),
   'small': Defaults(
     steps=60,
-    batches=('2x4', '8x8'),
+    batches=('2x2', '2x4', '8x8'),
     lrs=(1e-4, 3e-4, 1e-3),
     best_seeds=(1, 2),
     extend=1,
@@ -124,8 +124,8 @@ class RLConfig:
   setups: tuple[str, ...] = option(('adamw', 'ember', 'rowwise'), 'table optimizers, AdamW body')
   batches: tuple[str, ...] | None = option(
     None,
-    'batch shapes PROMPTSxGROUP: prompts per step x completions per prompt (default: 2x4 '
-    '8x8; tiny: 2x2)',
+    'batch shapes PROMPTSxGROUP: prompts per step x completions per prompt (default: 2x2 '
+    '2x4 8x8; tiny: 2x2)',
   )
   seeds: tuple[int, ...] = option((0,), 'prompt-order and sampling seeds of every grid point')
   best_seeds: tuple[int, ...] | None = option(
