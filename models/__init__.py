@@ -7,14 +7,20 @@ Programs (each ``python -m ...``, every flag in ``--help``):
 * ``models.bench.step``: the time of one optimizer step on a token table.
 * ``models.bench.memory``: the memory of a whole train step at published model shapes.
 * ``models.distributed``: the main job's Ember setup over a device mesh, on one host or many.
+* ``models.pretrain``: the base model of post-training, trained once and cached.
+* ``models.sft``: supervised fine-tuning from the base model, each table optimizer compared.
+* ``models.rl``: GRPO from the base model on a verifiable reward, each table optimizer compared.
 
 Packages:
 
-* ``models.nets``: the GPT (Flax NNX) and the published decoder shapes, with their table labels.
-* ``models.data``: the embedded corpus (the Python standard library's code), its BPE, batches.
+* ``models.nets``: the GPT (Flax NNX) with its sampler, and the published decoder shapes, with
+  their table labels.
+* ``models.data``: the embedded corpus (the Python standard library's code), its BPE, batches,
+  and the post-training tasks built from it.
 * ``models.training``: setups (table optimizer x body), presets, the resolved plan, step, loop,
-  layouts and checkpoints.
+  layouts, checkpoints, the pretrained base model and GRPO's loss.
 * ``models.reporting``: statistics over seeds, Markdown tables, plots, strict JSON results.
 * ``models.bench``: the benchmarks, their helpers and their committed results.
+* ``models/results/``: the post-training programs' committed results (data, no code).
 * ``models.cli``: the command-line kit every program uses.
 """
