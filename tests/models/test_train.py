@@ -113,7 +113,7 @@ def test_bench_quality_rejects_bad_grids(capsys):
   for args, message in (
     (['--lrs', '1e-3', '-1'], '--lrs must be positive'),
     (['--lr', '1e-3'], 'drop --lr'),
-    (['--extend', '-1'], '--extend must be >= 0'),
+    (['--extend', '-1'], '--extend must be an integer >= 0'),
   ):
     with pytest.raises(SystemExit) as exit_info:
       bench_quality.main(args)
