@@ -135,7 +135,7 @@ class RLConfig:
     None, 'the starting grid of peak learning rates (default: 1e-4 3e-4 1e-3; tiny: 1e-3)'
   )
   extend: int | None = option(
-    None, "times a grid may grow on each side to bracket a setup's best (default: 1)"
+    None, "times a grid may grow on each side to bracket a setup's best (default: 2; tiny: 0)"
   )
   steps: int | None = option(None, 'GRPO steps per run (default: 60; tiny: 4)')
   warmup_steps: int = option(10, 'linear warm-up steps of the learning rate (at most steps - 1)')
