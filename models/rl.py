@@ -350,7 +350,7 @@ def train_rl(
   config = task.config
   n_prompts, group = parse_batch(batch)
   params = task.base_params
-  tx = task.comparison.optimizer(setup, params, (lr, lr))
+  tx = task.comparison.optimizer(setup, (lr, lr))
   opt_state = tx.init(params)
   loss = functools.partial(grpo.grpo_loss, old_logps=None, epsilon=config.epsilon, beta=config.beta)
   update = jax.jit(

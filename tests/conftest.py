@@ -66,3 +66,23 @@ def tiny_results(tiny_config, tmp_path_factory) -> tuple[dict, Path]:
 
   out = tmp_path_factory.mktemp('out')
   return train_lib.run(dataclasses.replace(tiny_config, out=str(out)), verbose=False), out
+
+
+@pytest.fixture
+def refused(capsys):
+  """``refused(main, argv, prog, message)``: ``main(argv)`` must end as a user error does.
+
+  That is exit status 2 and one line on stderr, ``"<prog>: error: ..."`` containing
+  ``message``, with no traceback; returns that line.
+  """
+
+  def check(main, argv, prog: str, message: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+      main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith(f'{prog}: error: '), err
+    assert message in err, err
+    return err
+
+  return check

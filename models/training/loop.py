@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
+import functools
 import hashlib
 import math
 import time
@@ -119,14 +120,17 @@ class Comparison:
   def optimizer(
     self,
     setup: setups_lib.Setup | str,
-    params,
     learning_rates: tuple[float, float] | None = None,
   ) -> optax.GradientTransformation:
-    """``setup``'s optimizer for this GPT's ``params``, routed by the model's own table labels.
+    """``setup``'s optimizer for this GPT, routed by the model's own table labels.
+
+    The labels are a function of the parameters the optimizer is given, as
+    ``ember_optax.ember_adamw``'s are, so the same optimizer serves the functional train step
+    (an ``nnx.State`` of parameters) and an ``nnx.Optimizer`` (Tunix's trainers), whose
+    gradients are another view of the same tree.
 
     Args:
       setup: a setup or its name (``"ember"``, ``"ember+muon"``).
-      params: the model's parameters (their labels route the tables).
       learning_rates: peak ``(body, tables)`` rates on the plan's schedule (default: the plan's
         for ``setup``).
     """
@@ -136,10 +140,9 @@ class Comparison:
     if learning_rates is None:
       learning_rates = plan.learning_rates[setup.name]
     body_peak, table_peak = learning_rates
-    labels = table_labels(params, plan.model)
     return setups_lib.make_optimizer(
       setup,
-      labels,
+      functools.partial(table_labels, config=plan.model),
       learning_rate=plan.schedule(body_peak),
       table_learning_rate=None if table_peak == body_peak else plan.schedule(table_peak),
       hyper=plan.hyper,
@@ -191,7 +194,7 @@ def train_one(
   if learning_rates is None:
     learning_rates = plan.learning_rates[name]
   graphdef, params = nnx.split(comparison.init_model(seed), nnx.Param)
-  tx = comparison.optimizer(setup, params, learning_rates)
+  tx = comparison.optimizer(setup, learning_rates)
   opt_state = tx.init(params)
   state_bytes = {
     'table_state_bytes': setups_lib.table_state_bytes(opt_state, table_labels(params, plan.model)),

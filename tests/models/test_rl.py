@@ -88,13 +88,8 @@ def test_every_flag_has_help_with_its_default():
   ],
 )
 def test_bad_input_is_one_line_before_anything_trains(
-  corpus_dir, cache_dir, tmp_path, capsys, more, message
+  corpus_dir, cache_dir, tmp_path, refused, more, message
 ):
   args = _args(corpus_dir, cache_dir, tmp_path / 'pretrained', tmp_path / 'out', *more)
-  with pytest.raises(SystemExit) as exit_info:
-    rl.main(args)
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err
-  assert err.count('\n') == 1 and err.startswith('python -m models.rl: error: '), err
-  assert message in err
+  refused(rl.main, args, rl.PROG, message)
   assert not (tmp_path / 'pretrained').exists() and not (tmp_path / 'out').exists()

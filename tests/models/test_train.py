@@ -68,7 +68,7 @@ def _tiny(corpus_dir, cache_dir, *more):
     (['--seq-len', '100'], 'too few for one sequence of --seq-len 100'),
   ],
 )
-def test_bad_input_is_one_line_on_stderr(args, message, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_on_stderr(args, message, tmp_path, refused, monkeypatch):
   monkeypatch.chdir(tmp_path)
   small = tmp_path / 'small'
   small.mkdir()
@@ -83,12 +83,7 @@ def test_bad_input_is_one_line_on_stderr(args, message, tmp_path, capsys, monkey
     str(tmp_path / 'cache'),
     '--no-progress',
   ]
-  with pytest.raises(SystemExit) as exit_info:
-    train_lib.main([*base, *args])
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err
-  assert err.count('\n') == 1 and err.startswith('python -m models.train: error: '), err
-  assert message in err
+  refused(train_lib.main, [*base, *args], 'python -m models.train', message)
   assert not (tmp_path / 'out').exists()  # Nothing trained, nothing written.
 
 

@@ -34,8 +34,7 @@ def _tiny_params():
 
 
 def _optimizer(plan, name):
-  _, params = _tiny_params()
-  return Comparison(plan, None, [], None, 0).optimizer(name, params)
+  return Comparison(plan, None, [], None, 0).optimizer(name)
 
 
 @pytest.mark.parametrize('setup', ['adamw', 'ember', 'adafactor', 'rowwise', 'ember+muon'])
