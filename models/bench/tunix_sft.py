@@ -31,8 +31,10 @@ from flax import nnx
 import jax
 import numpy as np
 
+import ember_optax
 from models import cli, sft
 from models.cli import ConfigError, option
+from models.nets.gpt import table_labels
 from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
 from models.training import step as step_lib
@@ -127,10 +129,20 @@ def run_both(
   trainer.train(interleaved())
   tunix_params = nnx.state(trainer.model, nnx.Param)
   tunix_losses = [float(v) for v in trainer.metrics_logger.get_metric_history('', 'loss', 'train')]
-  differences = [
-    float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(tunix_params), strict=True)
+  differences = {
+    jax.tree_util.keystr(path, simple=True, separator='/').removesuffix('/value'): float(
+      np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+    )
+    for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(tunix_params), strict=True
+    )
+  }
+  widest = max(differences, key=differences.get)
+  is_table = [
+    label == ember_optax.TABLE_LABEL
+    for label in jax.tree.leaves(table_labels(params, comparison.plan.model))
   ]
+  table_difference = max(d for d, t in zip(differences.values(), is_table, strict=True) if t)
   scales = [float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(params)]
 
   def held_out(run_params) -> float:
@@ -148,7 +160,9 @@ def run_both(
     'ours_step_s': ours_s,
     'tunix_step_s': tunix_s,
     'tunix_over_ours': tunix_s / ours_s,
-    'max_param_difference': max(differences),
+    'max_param_difference': differences[widest],
+    'max_param_difference_at': widest,
+    'max_table_difference': table_difference,
     'max_param_magnitude': max(scales),
     'max_train_loss_difference': float(
       np.max(np.abs(np.subtract(ours_losses, tunix_losses[: len(ours_losses)])))
@@ -169,7 +183,9 @@ def summary_table(runs: Sequence[dict]) -> str:
       f'{1e3 * r["ours_step_s"]:.1f}',
       f'{1e3 * r["tunix_step_s"]:.1f}',
       f'{r["tunix_over_ours"]:.2f}',
-      f'{r["max_param_difference"]:.1e}',
+      f'{r["max_param_difference"]:.1e}'
+      + (f' ({r["max_param_difference_at"]})' if r['max_param_difference'] else ''),
+      f'{r["max_table_difference"]:.1e}',
       f'{r["max_train_loss_difference"]:.1e}',
       f'{r["ours_held_out_loss"]:.4f}',
       f'{r["tunix_held_out_loss"]:.4f}',
@@ -184,7 +200,8 @@ def summary_table(runs: Sequence[dict]) -> str:
       'our step ms',
       'PeftTrainer step ms',
       'PeftTrainer / ours',
-      'max |param difference|',
+      'max |param difference| (where)',
+      'max |token-table difference|',
       'max |train loss difference|',
       'held-out loss, ours',
       'held-out loss, PeftTrainer',
@@ -211,7 +228,9 @@ def run(config: TunixSFTConfig, verbose: bool = True) -> dict:
       print(
         f'[tunix_sft] {setup.name}: our step {1e3 * result["ours_step_s"]:.1f} ms, PeftTrainer '
         f'{1e3 * result["tunix_step_s"]:.1f} ms ({result["tunix_over_ours"]:.2f}x); parameters '
-        f'differ by at most {result["max_param_difference"]:.1e}'
+        f'differ by at most {result["max_param_difference"]:.1e} '
+        f'({result["max_param_difference_at"]}), the token tables by '
+        f'{result["max_table_difference"]:.1e}'
       )
   results = {
     'preset': config.preset,
