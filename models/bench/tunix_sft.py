@@ -88,15 +88,15 @@ def run_both(
     Both loops' median step times and their ratio, the largest differences of their trained
     parameters and train losses, both held-out response losses, and both loss curves.
   """
+  # One optimizer for both loops: a GradientTransformation is pure, each loop keeps its state.
+  tx = comparison.optimizer(setup, learning_rates)
   graphdef, params = nnx.split(comparison.init_model(seed), nnx.Param)
-  ours_tx = comparison.optimizer(setup, learning_rates)
-  step = jax.jit(step_lib.train_step(graphdef, ours_tx))
-  opt_state = ours_tx.init(params)
+  step = jax.jit(step_lib.train_step(graphdef, tx))
+  opt_state = tx.init(params)
 
-  model = comparison.init_model(seed)
   trainer = peft_trainer.PeftTrainer(
-    model,
-    comparison.optimizer(setup, learning_rates),
+    comparison.init_model(seed),
+    tx,
     peft_trainer.TrainingConfig(
       eval_every_n_steps=comparison.plan.steps + 1,
       max_steps=comparison.plan.steps,
