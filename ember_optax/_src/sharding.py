@@ -7,7 +7,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 import numpy as np
 import optax
 
-from ember_optax._src import layout, transform
+from ember_optax._src import layout, sparse, transform
 
 
 def _is_sharding_leaf(x: Any) -> bool:
@@ -38,7 +38,10 @@ def state_shardings(
 
   Works for :func:`ember`, :func:`ember_adamw` and any chain, partition or mask
   that contains them, with concrete states or the abstract one from
-  ``jax.eval_shape(optimizer.init, params)``.
+  ``jax.eval_shape(optimizer.init, params)``. For :func:`sparse_ember`, whose
+  state belongs to one ``(V, D)`` table, pass that table's sharding: the row
+  statistic and the last steps are sharded like its rows, the column
+  statistic like its columns.
 
   Args:
     opt_state: the optimizer state, concrete or abstract
@@ -106,6 +109,21 @@ def state_shardings(
       count=replicated, row=stats('row'), col=stats('col'), scale=stats('scale')
     )
 
+  def sparse_state(node: sparse.SparseEmberState) -> sparse.SparseEmberState:
+    tables = [s for s in param_leaves if s is not None]
+    if len(param_leaves) != 1:
+      raise ValueError(
+        f'state_shardings: a sparse_ember state belongs to one table, but param_shardings '
+        f'holds {len(param_leaves)} shardings; pass the table\'s sharding alone.'
+      )
+    row, col = (
+      finish(layout.statistic_sharding(tables[0] if tables else None, 2, name, 0))
+      for name in ('row', 'col')
+    )
+    return sparse.SparseEmberState(
+      count=replicated, row=row, last_step=row, col=col, scale=replicated
+    )
+
   def params_like(node: Any) -> Any | None:
     """The shardings of ``node`` if it is shaped like the params, else ``None``."""
     try:
@@ -125,6 +143,8 @@ def state_shardings(
   def walk(node: Any) -> Any:
     if isinstance(node, transform.ScaleByEmberState):
       return ember_state(node)
+    if isinstance(node, sparse.SparseEmberState):
+      return sparse_state(node)
     if isinstance(node, optax.MaskedNode) or node is None:
       return node
     if not _is_array_like(node):

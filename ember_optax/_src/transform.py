@@ -1,7 +1,6 @@
 """Ember's factored second-moment scaling, ``scale_by_ember``."""
 
 from collections.abc import Callable
-import math
 from typing import Any, NamedTuple
 
 import chex
@@ -10,12 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ember_optax._src import checks, layout, routing
+from ember_optax._src import checks, layout, routing, rule
 from ember_optax._src.squared_sums import squared_sums, statistics_dtype
-
-# Below this, the scalar statistic is treated as zero: it only guards the
-# division when every gradient so far was exactly zero.
-MIN_SCALE = 1e-30
 
 
 class ScaleByEmberState(NamedTuple):
@@ -196,7 +191,7 @@ def scale_by_ember(
     _check_updates_match_state(updates, state)
     count = optax.safe_increment(state.count)
 
-    log_b2, one_minus_b2 = _decay_constants(b2)
+    log_b2, one_minus_b2 = rule.decay_constants(b2)
     static = is_static()
 
     def leaf_row_axis(path, grad, col, scale):
@@ -225,26 +220,23 @@ def scale_by_ember(
       stat_dtype = row.dtype
       decay = jnp.asarray(b2, stat_dtype)
       rate = jnp.asarray(one_minus_b2, stat_dtype)
-      # 1 - b2**t, accurate for b2 near 1 where the power loses digits.
-      bias_correction = -jnp.expm1(count.astype(stat_dtype) * jnp.asarray(log_b2, stat_dtype))
+      correction = rule.bias_correction(count, log_b2, stat_dtype)
       if grad.ndim < 2:
         g = grad.astype(stat_dtype)
-        row = decay * row + rate * g * g
-        update = g / (jnp.sqrt(row / bias_correction) + eps)
+        row = rule.moving_average(row, g * g, decay, rate)
+        update = g / (jnp.sqrt(row / correction) + eps)
         return update.astype(grad.dtype), row, col, scale
 
       row_axis = leaf_row_axis(path, grad, col, scale)
       n_rows, n_cols = grad.shape[row_axis], grad.shape[-1]
       row_sums, col_sums = squared_sums(grad, row_axis)
-      row = decay * row + rate * (row_sums / n_cols)
-      col = decay * col + rate * (col_sums / n_rows)
-      scale = decay * scale + rate * (jnp.sum(col_sums, axis=-1) / (n_rows * n_cols))
-      # sqrt(vhat) = sqrt(row_i) * sqrt(col_j / (scale * bc)): two vectors, so
-      # the elementwise pass is a single division with no V x D intermediate.
-      row_rms = jnp.sqrt(row)
-      col_rms = jnp.sqrt(col / (jnp.maximum(scale, MIN_SCALE) * bias_correction)[..., None])
-      denominator = row_rms[..., None] * jnp.expand_dims(col_rms, row_axis) + eps
-      update = grad.astype(stat_dtype) / denominator
+      row = rule.moving_average(row, row_sums / n_cols, decay, rate)
+      col = rule.moving_average(col, col_sums / n_rows, decay, rate)
+      scale = rule.moving_average(
+        scale, jnp.sum(col_sums, axis=-1) / (n_rows * n_cols), decay, rate
+      )
+      col_rms = rule.column_rms(col, scale, correction)
+      update = rule.scaled_direction(grad, row, col_rms, eps, row_axis)
       return update.astype(grad.dtype), row, col, scale
 
     results = jax.tree_util.tree_map_with_path(
@@ -263,19 +255,6 @@ def scale_by_ember(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _decay_constants(b2: Any) -> tuple[Any, Any]:
-  """``log(b2)`` and ``1 - b2``, in double precision when ``b2`` is a Python number.
-
-  Rounding b2 = 0.999 to float32 first would put a 1e-5 relative error into
-  ``1 - b2`` and into the bias correction; the reference implementation
-  computes both in double precision.
-  """
-  if isinstance(b2, int | float):
-    return (math.log(b2) if b2 > 0 else -math.inf), 1.0 - b2
-  b2 = jnp.asarray(b2)
-  return jnp.log(b2), 1 - b2
 
 
 def _check_updates_match_state(updates: optax.Updates, state: ScaleByEmberState) -> None:
