@@ -114,7 +114,7 @@ def state_shardings(
     if len(param_leaves) != 1:
       raise ValueError(
         f'state_shardings: a sparse_ember state belongs to one table, but param_shardings '
-        f'holds {len(param_leaves)} shardings; pass the table\'s sharding alone.'
+        f"holds {len(param_leaves)} shardings; pass the table's sharding alone."
       )
     row, col = (
       finish(layout.statistic_sharding(tables[0] if tables else None, 2, name, 0))

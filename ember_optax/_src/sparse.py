@@ -149,7 +149,7 @@ def sparse_ember(
   eps: float = 1e-8,
   weight_decay: float = 0.0,
 ) -> SparseRowTransformation:
-  r"""Ember on the rows of a table that a batch touched, exactly, at a cost flat in the table's size.
+  r"""Ember on the rows of a table that a batch touched: exact, at a cost flat in its size.
 
   Given the gradients of the rows the forward pass gathered (never a dense
   ``(V, D)`` gradient), returns the updates of those rows that :func:`ember`
