@@ -263,9 +263,7 @@ def sparse_ember(
     row = rule.moving_average(row_before, row_sums / width, row_decay, rate)
     # Untouched rows add zeros to the column sums: averaging over all V rows needs only V.
     col = rule.moving_average(state.col, col_sums / num_rows, decay, rate)
-    scale = rule.moving_average(
-      state.scale, jnp.sum(col_sums) / (num_rows * width), decay, rate
-    )
+    scale = rule.moving_average(state.scale, jnp.sum(col_sums) / (num_rows * width), decay, rate)
     col_rms = rule.column_rms(col, scale, correction)
     direction = rule.scaled_direction(touched.rows, row, col_rms, eps)
     direction = jnp.where(valid[:, None], direction, 0).astype(grads.rows.dtype)

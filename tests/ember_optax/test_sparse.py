@@ -65,9 +65,8 @@ def test_equals_dense_ember_every_step_with_rows_untouched_for_hundreds_of_steps
     batches.append((ids, rng.normal(size=ids.shape + (width,)).astype(np.float32)))
   sparse = ember_optax.sparse_ember(1e-2)
   dense = ember_optax.ember(1e-2)
-  for t, (s_table, s_state, d_table, d_state) in enumerate(
-    _run_both(sparse, dense, table, batches)
-  ):
+  for t, results in enumerate(_run_both(sparse, dense, table, batches)):
+    s_table, s_state, d_table, d_state = results
     np.testing.assert_allclose(s_table, d_table, rtol=1e-5, atol=2e-6, err_msg=f'step {t}')
   moved = np.abs(np.asarray(s_table) - np.asarray(table)).max(axis=1) > 0
   assert moved[np.arange(64) * 31].all()
@@ -224,9 +223,7 @@ def test_state_layout_and_row_statistic():
   assert state.row.shape == state.last_step.shape == (1000,)
   assert state.col.shape == (64,) and state.scale.shape == () and state.count.shape == ()
   assert state.last_step.dtype == jnp.int32 and state.row.dtype == jnp.float32
-  state = state._replace(
-    count=jnp.array(5), row=jnp.ones(1000), last_step=jnp.arange(1000) % 6
-  )
+  state = state._replace(count=jnp.array(5), row=jnp.ones(1000), last_step=jnp.arange(1000) % 6)
   row = ember_optax.sparse_ember_row_statistic(state, b2=0.5)
   np.testing.assert_allclose(row[:6], 0.5 ** (5 - np.arange(6)), rtol=1e-6)
 
