@@ -34,7 +34,8 @@ def _batches(steps, seed=0):
   rng = np.random.default_rng(seed)
   ids = np.minimum(rng.zipf(1.3, size=(steps, BATCH, LENGTH)) - 1, ROWS - 1)
   targets = rng.integers(0, VOCAB, size=(steps, BATCH, LENGTH))
-  return [(jnp.asarray(t, jnp.int32), jnp.asarray(y, jnp.int32)) for t, y in zip(ids, targets)]
+  pairs = zip(ids, targets, strict=True)
+  return [(jnp.asarray(t, jnp.int32), jnp.asarray(y, jnp.int32)) for t, y in pairs]
 
 
 def _linen_setup():
@@ -143,9 +144,7 @@ class NNXLM(nnx.Module):
 def test_nnx_model_trains_its_table_from_row_gradients():
   model = NNXLM(nnx.Rngs(0))
   before = jnp.copy(model.table[...])
-  optimizer = nnx.Optimizer(
-    model, ember_optax.ember_adamw(1e-2, vocab_size=VOCAB), wrt=nnx.Param
-  )
+  optimizer = nnx.Optimizer(model, ember_optax.ember_adamw(1e-2, vocab_size=VOCAB), wrt=nnx.Param)
   table_optimizer = ember_optax.sparse_ember(1e-2)
   table_state = table_optimizer.init(model.table[...])
 
@@ -177,6 +176,5 @@ def test_nnx_model_trains_its_table_from_row_gradients():
   assert int(table_state.count) == 30
   # The body's optimizer state holds no statistics of the sparse table.
   assert not any(
-    ROWS in np.shape(leaf)
-    for leaf in jax.tree.leaves(nnx.state(optimizer, nnx.OptState))
+    ROWS in np.shape(leaf) for leaf in jax.tree.leaves(nnx.state(optimizer, nnx.OptState))
   )
