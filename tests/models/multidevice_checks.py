@@ -126,6 +126,91 @@ def check_layout(name, out):
   }
 
 
+SPARSE_ROWS, SPARSE_IDS, SPARSE_STEPS = 8192, (8, 32), 300
+
+
+def sparse_problem(seed=0):
+  """A table and SPARSE_STEPS batches of Zipf ids and row gradients; most rows sit untouched for
+  hundreds of steps (ids below 64 from step 20 on), then a last batch touches rows all over."""
+  rng = np.random.default_rng(seed)
+  table = rng.normal(size=(SPARSE_ROWS, D)).astype(np.float32)
+  batches = []
+  for t in range(SPARSE_STEPS):
+    ids = np.minimum(rng.zipf(1.2, size=SPARSE_IDS) - 1, SPARSE_ROWS - 1)
+    if 20 <= t < SPARSE_STEPS - 1:
+      ids %= 64
+    if t == SPARSE_STEPS - 1:
+      ids = np.arange(np.prod(SPARSE_IDS)).reshape(SPARSE_IDS) * 31
+    rows = rng.normal(size=SPARSE_IDS + (D,)).astype(np.float32)
+    batches.append((ids.astype(np.int32), rows))
+  return table, batches
+
+
+def check_sparse(ids_layout, weight_decay, out):
+  """sparse_ember on a row-sharded table: each step against dense ember on one device, and the
+  collectives of the compiled step, with ids and row gradients replicated or split over the
+  batch (data parallel)."""
+  import jax.numpy as jnp
+
+  mesh = jax.make_mesh((8,), ('x',), axis_types=(AUTO,))
+  table, batches = sparse_problem()
+  sparse = ember_optax.sparse_ember(1e-2, weight_decay=weight_decay)
+  table_sharding = NamedSharding(mesh, P('x', None))
+  state_sharding = state_shardings(jax.eval_shape(sparse.init, table), table_sharding)
+  ids_sharding = NamedSharding(mesh, P() if ids_layout == 'replicated' else P('x'))
+  rows_sharding = NamedSharding(mesh, P() if ids_layout == 'replicated' else P('x', None, None))
+
+  @functools.partial(jax.jit, out_shardings=(table_sharding, state_sharding), donate_argnums=(0, 1))
+  def sparse_step(table, state, ids, rows):
+    updates, state = sparse.update(ember_optax.IndexedRows(ids, rows), state, table)
+    return ember_optax.apply_row_updates(table, updates), state
+
+  dense = ember_optax.ember(1e-2)
+
+  @jax.jit
+  def dense_step(table, state, ids, rows):
+    grad = jnp.zeros_like(table).at[ids].add(rows)
+    updates, state = dense.update(grad, state, table)
+    return optax.apply_updates(table, updates), state
+
+  sharded = jax.device_put(table, table_sharding)
+  state = jax.jit(sparse.init, out_shardings=state_sharding)(sharded)
+  ids0 = jax.device_put(batches[0][0], ids_sharding)
+  rows0 = jax.device_put(batches[0][1], rows_sharding)
+  ops = collectives(sparse_step.lower(sharded, state, ids0, rows0).compile().as_text())
+  one_device = jax.devices()[0]
+  dense_table = jax.device_put(table, one_device)
+  dense_state = jax.jit(dense.init)(dense_table)
+  worst = 0.0
+  for ids, rows in batches:
+    sharded, state = sparse_step(
+      sharded, state, jax.device_put(ids, ids_sharding), jax.device_put(rows, rows_sharding)
+    )
+    # One step at a time: queued steps of 8 virtual devices on 2 cores can starve a collective.
+    jax.block_until_ready((sharded, state))
+    if weight_decay == 0:
+      dense_table, dense_state = dense_step(dense_table, dense_state, ids, rows)
+      worst = max(worst, float(np.max(np.abs(np.asarray(sharded) - np.asarray(dense_table)))))
+  np.savez(
+    out / f'sparse_{ids_layout}_{weight_decay}.npz',
+    table=np.asarray(sharded),
+    row=np.asarray(ember_optax.sparse_ember_row_statistic(state)),
+    col=np.asarray(state.col),
+    scale=np.asarray(state.scale),
+  )
+  return {
+    'collectives': ops,
+    'max_abs_diff_from_dense_per_step': worst if weight_decay == 0 else None,
+    'specs': {
+      'table': str(sharded.sharding.spec),
+      'row': str(state.row.sharding.spec),
+      'last_step': str(state.last_step.sharding.spec),
+      'col': str(state.col.sharding.spec),
+    },
+    'ids': int(np.prod(SPARSE_IDS)),
+  }
+
+
 def gpt_setup(layout):
   from models import distributed
 
@@ -346,6 +431,10 @@ def main():
       'nnx_optimizer': check_nnx_optimizer,
     }
   )
+  for ids_layout in ('replicated', 'batch'):
+    for weight_decay in (0.0, 0.1):
+      name = f'sparse_{ids_layout}_{weight_decay}'
+      checks[name] = functools.partial(check_sparse, ids_layout, weight_decay, out)
   report = {'device_count': jax.device_count()}
   for name, check in checks.items():
     if only and name not in only:

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 
+import ember_optax
 from models import distributed
 
 pytestmark = [pytest.mark.multidevice, pytest.mark.slow]
@@ -240,3 +241,61 @@ def test_two_processes_match_one_process_with_8_devices(eight_devices, tmp_path)
     assert proc.returncode == 0, log[-3000:]
   assert 'processes=2 devices=8' in logs[0]
   _assert_same_gpt(dict(np.load(result)), dict(np.load(out / 'gpt_vocab.npz')), body_atol=2e-4)
+
+
+SPARSE_CASES = [(ids, wd) for ids in ('replicated', 'batch') for wd in (0.0, 0.1)]
+
+
+@pytest.mark.parametrize(('ids_layout', 'weight_decay'), SPARSE_CASES)
+def test_sparse_ember_on_a_row_sharded_table_matches_one_device(
+  eight_devices, ids_layout, weight_decay
+):
+  report, out = eight_devices
+  result = _result(report, f'sparse_{ids_layout}_{weight_decay}')
+  assert result['specs'] == {
+    'table': "P('x', None)",
+    'row': "P('x',)",
+    'last_step': "P('x',)",
+    'col': 'P(None,)',
+  }
+  if weight_decay == 0:
+    # Every one of the 300 steps, against dense ember on one device in the 8-device process.
+    assert result['max_abs_diff_from_dense_per_step'] < 1e-5
+  table, batches = checks.sparse_problem()
+  sparse = ember_optax.sparse_ember(1e-2, weight_decay=weight_decay)
+
+  @jax.jit
+  def step(table, state, ids, rows):
+    updates, state = sparse.update(ember_optax.IndexedRows(ids, rows), state, table)
+    return ember_optax.apply_row_updates(table, updates), state
+
+  state = sparse.init(table)
+  for ids, rows in batches:
+    table, state = step(table, state, ids, rows)
+  sharded = np.load(out / f'sparse_{ids_layout}_{weight_decay}.npz')
+  np.testing.assert_allclose(sharded['table'], table, rtol=1e-5, atol=1e-6)
+  row = ember_optax.sparse_ember_row_statistic(state)
+  np.testing.assert_allclose(sharded['row'], row, rtol=1e-5, atol=1e-30)
+  np.testing.assert_allclose(sharded['col'], state.col, rtol=1e-5)
+  np.testing.assert_allclose(sharded['scale'], state.scale, rtol=1e-5)
+
+
+@pytest.mark.parametrize(('ids_layout', 'weight_decay'), SPARSE_CASES)
+def test_sparse_ember_step_sends_touched_rows_never_the_table(
+  eight_devices, ids_layout, weight_decay
+):
+  result = _result(eight_devices[0], f'sparse_{ids_layout}_{weight_decay}')
+  n_ids, width, rows = result['ids'], D, checks.SPARSE_ROWS
+  ops = result['collectives']
+  for op, shape, elements, _ in ops:
+    # Nothing of the table's size, nor of its row statistic's.
+    assert elements < rows * width // 4 and f'[{rows}' not in shape, ops
+    if op == 'all-gather':
+      assert elements == n_ids, ops  # Only the ids of a batch split over devices.
+  # Touched rows: their gradients when the batch is split (to sum duplicates across devices),
+  # the rows themselves with weight decay; plus a few vectors of one value per id.
+  row_sets = (ids_layout == 'batch') + (weight_decay > 0)
+  assert sum(elements for *_, elements, _ in ops) <= row_sets * n_ids * width + 5 * n_ids, ops
+  if ids_layout == 'replicated' and weight_decay == 0:
+    # The touched rows' statistics and last steps: 2 all-reduces of one value per id.
+    assert [(op, elements) for op, _, elements, _ in ops] == [('all-reduce', n_ids)] * 2
