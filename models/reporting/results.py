@@ -62,6 +62,17 @@ def read_json(path: str | os.PathLike) -> Any:
     raise ConfigError(f'{path}: not strict JSON ({error})') from None
 
 
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
+  try:
+    for line in Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def environment(corpus_cache: str | os.PathLike | None = None) -> dict:
   """What the numbers were measured with: versions, device, threads, corpus cache."""
   versions = {'python': platform.python_version(), 'ember_optax': ember_optax.__version__}
@@ -77,6 +88,7 @@ def environment(corpus_cache: str | os.PathLike | None = None) -> dict:
     'device_kind': device.device_kind,
     'device_count': jax.device_count(),
     'machine': f'{platform.machine()} {platform.processor()}'.strip(),
+    'cpu_model': cpu_model(),
     'cpu_count': os.cpu_count(),
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'corpus_cache': str(corpus_cache) if corpus_cache is not None else None,

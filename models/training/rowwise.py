@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import ember_optax
+
 
 class ScaleByRowRmsState(NamedTuple):
   """State of :func:`scale_by_row_rms`: the step count and one statistic per token and table."""
@@ -124,3 +126,67 @@ def rowwise(
     optax.add_decayed_weights(weight_decay),
     optax.scale_by_learning_rate(learning_rate),
   )
+
+
+class SparseRowRmsState(NamedTuple):
+  """State of :func:`sparse_rowwise` for a ``(V, D)`` table.
+
+  ``row[i]`` is row ``i``'s statistic as of step ``last_step[i]``; it is decayed by
+  ``b2**(count - last_step[i])`` when the row is next touched.
+  """
+
+  count: chex.Array
+  row: chex.Array
+  last_step: chex.Array
+
+
+def sparse_rowwise(
+  learning_rate: optax.ScalarOrSchedule, b2: float = 0.999, eps: float = 1e-8
+) -> ember_optax.SparseRowTransformation:
+  """Row-wise RMSprop on the touched rows of a table: the sparse peer of ``sparse_ember``.
+
+  The rule of :func:`rowwise` (without weight decay), applied exactly as ``sparse_ember`` applies
+  Ember's: gradients of the gathered rows in, duplicates summed, each touched row's statistic
+  decayed lazily over the steps it sat untouched, updates of the touched rows out. What the
+  speedrun's and nanochat's row-wise table updates do, in the same harness as Ember.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import ember_optax
+    >>> tx = sparse_rowwise(1e-2)
+    >>> table = jnp.zeros((1000, 4))
+    >>> grads = ember_optax.IndexedRows(jnp.array([7, 7]), jnp.ones((2, 4)))
+    >>> updates, state = tx.update(grads, tx.init(table), table)
+    >>> updates.ids.tolist(), [round(float(x), 6) for x in updates.rows[0]]
+    ([7, 1000], [-0.01, -0.01, -0.01, -0.01])
+  """
+  if not 0 <= b2 < 1:
+    raise ValueError(f'b2 must be in [0, 1), got {b2}')
+  log_b2 = float(np.log(b2)) if b2 > 0 else -np.inf
+
+  def init_fn(table: jax.Array) -> SparseRowRmsState:
+    row = jnp.zeros(table.shape[:1], jnp.promote_types(table.dtype, jnp.float32))
+    return SparseRowRmsState(jnp.zeros([], jnp.int32), row, jnp.zeros_like(row, jnp.int32))
+
+  def update_fn(grads, state, table=None):
+    del table
+    num_rows = state.row.shape[0]
+    touched, valid = ember_optax.sum_duplicate_rows(grads, num_rows)
+    count = optax.safe_increment(state.count)
+    last_step = state.last_step.at[touched.ids].get(mode='fill', fill_value=0)
+    row_before = state.row.at[touched.ids].get(mode='fill', fill_value=0)
+    decay = jnp.exp((count - last_step).astype(row_before.dtype) * log_b2)
+    row = decay * row_before + (1 - b2) * jnp.mean(touched.rows * touched.rows, axis=-1)
+    correction = 1 - b2 ** count.astype(row.dtype)
+    direction = touched.rows / (jnp.sqrt(row / correction)[:, None] + eps)
+    direction = jnp.where(valid[:, None], direction, 0).astype(grads.rows.dtype)
+    step_size = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    new_state = SparseRowRmsState(
+      count,
+      state.row.at[touched.ids].set(row, mode='drop'),
+      # max(last_step, count) is count, written so that XLA updates the vector in place.
+      state.last_step.at[touched.ids].set(jnp.maximum(last_step, count), mode='drop'),
+    )
+    return ember_optax.IndexedRows(touched.ids, -step_size * direction), new_state
+
+  return ember_optax.SparseRowTransformation(init_fn, update_fn)
