@@ -137,6 +137,18 @@ def sparse_ember_row_statistic(state: SparseEmberState, b2: float = 0.999) -> ja
 
   Returns:
     The ``(V,)`` row statistic at step ``state.count``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import ember_optax
+    >>> optimizer = ember_optax.sparse_ember(1e-2, b2=0.5)
+    >>> table = jnp.zeros((3, 2))
+    >>> state = optimizer.init(table)
+    >>> for ids in ([0, 1], [1, 1]):  # row 0 touched at step 1, row 1 at steps 1 and 2
+    ...   grads = ember_optax.IndexedRows(jnp.array(ids), jnp.ones((2, 2)))
+    ...   _, state = optimizer.update(grads, state)
+    >>> ember_optax.sparse_ember_row_statistic(state, b2=0.5).tolist()
+    [0.25, 2.25, 0.0]
   """
   log_b2, _ = rule.decay_constants(b2)
   gap = (state.count - state.last_step).astype(state.row.dtype)
