@@ -223,7 +223,7 @@ def scale_by_ember(
       correction = rule.bias_correction(count, log_b2, stat_dtype)
       if grad.ndim < 2:
         g = grad.astype(stat_dtype)
-        row = rule.moving_average(row, g * g, decay, rate)
+        row = decay * row + rate * g * g  # (rate * g) * g: the order that fixes its bits.
         update = g / (jnp.sqrt(row / correction) + eps)
         return update.astype(grad.dtype), row, col, scale
 
