@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import ember_optax
+from models.nets.ngram import NgramConfig, NgramEmbedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,10 +157,17 @@ class GPT(nnx.Module):
       instance the training set's log unigram frequencies
       (``models.data.corpus.Corpus.log_unigram``), so that the untrained model predicts the unigram
       distribution instead of the uniform one. Zeros if not given.
+    ngram: a hashed n-gram table (``models.nets.ngram``) whose rows are added to every block's
+      input; None (the default): no table, and the model is exactly the one without it.
   """
 
   def __init__(
-    self, config: GPTConfig, *, rngs: nnx.Rngs, logit_bias_init: jax.Array | None = None
+    self,
+    config: GPTConfig,
+    *,
+    rngs: nnx.Rngs,
+    logit_bias_init: jax.Array | None = None,
+    ngram: NgramConfig | None = None,
   ):
     self.config = config
     embed_init = nnx.initializers.normal(_INIT_STD)
@@ -192,14 +200,26 @@ class GPT(nnx.Module):
       raise ValueError('logit_bias_init was given, but config.logit_bias is False')
     else:
       self.logit_bias = None
+    # Last, and drawing no random numbers: every other parameter is as without the table.
+    self.ngram = None if ngram is None else NgramEmbedding(ngram, config.d_model, config.n_layers)
 
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, ngram_rows: jax.Array | None = None) -> jax.Array:
+    """The logits of ``tokens``; ``ngram_rows``, the n-gram table's rows of ``tokens`` (from
+    ``self.ngram.ids``), stand for its lookup where the loss is differentiated against them."""
     length = tokens.shape[-1]
     if length > self.config.max_len:
       raise ValueError(f'sequence length {length} > max_len {self.config.max_len}')
     x = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))
-    for block in self.blocks:
-      x = block(x)
+    if self.ngram is None:
+      if ngram_rows is not None:
+        raise ValueError('ngram_rows were given to a GPT without an n-gram table')
+      for block in self.blocks:
+        x = block(x)
+      return self._logits(x)
+    vector = self.ngram(tokens, ngram_rows)
+    weights = self.ngram.block_weights[...]
+    for index, block in enumerate(self.blocks):
+      x = block(x + weights[index] * vector)
     return self._logits(x)
 
   def _logits(self, x: jax.Array) -> jax.Array:
@@ -208,6 +228,13 @@ class GPT(nnx.Module):
     if self.logit_bias is not None:
       logits = logits + self.logit_bias[...]
     return logits
+
+  def _check_no_ngram(self, what: str) -> None:
+    if self.ngram is not None:
+      raise ValueError(
+        f'GPT.{what}: incremental decoding does not keep the tokens an n-gram table hashes; '
+        f'score whole sequences with GPT.__call__'
+      )
 
   def init_cache(self, batch_size: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
     """An empty key/value cache of ``batch_size`` sequences of up to ``max_len`` positions, one
@@ -219,6 +246,7 @@ class GPT(nnx.Module):
   def prefill(self, tokens: jax.Array) -> tuple[jax.Array, tuple[KVCache, ...]]:
     """The start of incremental decoding: the logits ``(batch, vocab_size)`` after the last of
     ``tokens`` ``(batch, length)`` and the key/value cache of their positions, in one pass."""
+    self._check_no_ngram('prefill')
     length = tokens.shape[-1]
     x = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))
     cache = []
@@ -234,6 +262,7 @@ class GPT(nnx.Module):
     at position ``index`` (the same for every sequence), given the cache of the positions before
     it; returns them with the updated cache. Position by position from 0, the logits are those
     of ``__call__`` on the whole sequence (up to float rounding), at a position's cost."""
+    self._check_no_ngram('decode')
     x = self.token_embed(tokens[:, None]) + self.pos_embed(index[None])
     new_cache = []
     for block, block_cache in zip(self.blocks, cache, strict=True):

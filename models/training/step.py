@@ -16,15 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import ember_optax
 
-def loss_sums(model: nnx.Module, inputs, targets, rare_mask=None):
+
+def loss_sums(model: nnx.Module, inputs, targets, rare_mask=None, ngram_rows=None):
   """``(loss sum, target count, rare-target loss sum, rare-target count)`` of one batch.
 
   Negative targets are padding and count nowhere. The mask also keeps the loss's gradient from
   being a constant, which XLA would try (slowly, at compile time) to fold through the scatter
-  of the label lookup's gradient.
+  of the label lookup's gradient. ``ngram_rows``, if given, are the looked-up rows of the model's
+  n-gram table (``GPT.__call__``).
   """
-  logits = model(inputs).astype(jnp.float32)
+  logits = (model(inputs) if ngram_rows is None else model(inputs, ngram_rows)).astype(jnp.float32)
   counted = targets >= 0
   targets = jnp.maximum(targets, 0)
   losses = jnp.where(counted, optax.softmax_cross_entropy_with_integer_labels(logits, targets), 0.0)
@@ -34,9 +37,9 @@ def loss_sums(model: nnx.Module, inputs, targets, rare_mask=None):
   return losses.sum(), counted.sum(), jnp.where(rare, losses, 0.0).sum(), rare.sum()
 
 
-def next_token_loss(model: nnx.Module, inputs, targets) -> jax.Array:
+def next_token_loss(model: nnx.Module, inputs, targets, ngram_rows=None) -> jax.Array:
   """Mean next-token cross-entropy over the targets that are not padding."""
-  total, count, _, _ = loss_sums(model, inputs, targets)
+  total, count, _, _ = loss_sums(model, inputs, targets, ngram_rows=ngram_rows)
   return total / jnp.maximum(count, 1)
 
 
@@ -63,6 +66,57 @@ def train_step(
     return optax.apply_updates(params, updates), opt_state, value
 
   return step
+
+
+def ngram_train_step(
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  table_optimizer: optax.GradientTransformation | ember_optax.SparseRowTransformation,
+) -> Callable:
+  """The pure step of a GPT with an n-gram table, differentiated against the table's rows.
+
+  ``(params, opt_state, tables, table, table_state, inputs, targets) -> (params, opt_state, table,
+  table_state, loss)``, for ``graphdef, params, tables = nnx.split(model, nnx.Param,
+  NgramTable)`` and ``table = tables['ngram']['table']``. The loss is differentiated against the
+  ``nnx.Param``s and against the n-gram rows the batch looks up, never against the table. A
+  sparse-row table optimizer (``ember_optax.sparse_ember``) takes those rows' gradients; an Optax
+  one (dense AdamW, say) takes the dense gradient they make, as autodiff of the lookup would.
+  Donate ``table`` and ``table_state`` so that the table is updated in place.
+  """
+  sparse = isinstance(table_optimizer, ember_optax.SparseRowTransformation)
+
+  def step(params, opt_state, tables, table, table_state, inputs, targets):
+    tables = _with_table(tables, table)
+    ngram = nnx.merge(graphdef, params, tables).ngram
+    ids = ngram.ids(inputs)
+
+    def loss_fn(params, rows):
+      return next_token_loss(nnx.merge(graphdef, params, tables), inputs, targets, rows)
+
+    value, (grads, row_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
+      params, ngram.lookup(ids)
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if sparse:
+      row_updates, table_state = table_optimizer.update(
+        ember_optax.IndexedRows(ids, row_grads), table_state, table
+      )
+      table = ember_optax.apply_row_updates(table, row_updates)
+    else:
+      # Where an n-gram is missing (id -1) nothing is added: a negative id would wrap around.
+      ids = jnp.where(ids < 0, table.shape[0], ids)
+      grad = jnp.zeros_like(table).at[ids].add(row_grads.astype(table.dtype), mode='drop')
+      table_updates, table_state = table_optimizer.update(grad, table_state, table)
+      table = optax.apply_updates(table, table_updates)
+    return params, opt_state, table, table_state, value
+
+  return step
+
+
+def _with_table(tables: nnx.State, table: jax.Array) -> nnx.State:
+  """``tables`` (the n-gram table's state) holding ``table`` as its value."""
+  return jax.tree.map(lambda _: table, tables)
 
 
 @functools.partial(jax.jit, static_argnums=0)
