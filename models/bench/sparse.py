@@ -278,10 +278,7 @@ def run(config: SparseBenchConfig) -> dict:
   print()
   print(text)
   if config.out:
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_lib.write_json(out / 'bench_sparse.json', results)
-    (out / 'bench_sparse.md').write_text(text)
+    results_lib.write_report(config.out, 'bench_sparse', results, text)
   return results
 
 

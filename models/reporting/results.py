@@ -45,6 +45,15 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 1) -> N
   tmp.replace(path)
 
 
+def write_report(folder: str | os.PathLike, stem: str, value: Any, markdown: str) -> Path:
+  """Writes ``<stem>.json`` (strict) and ``<stem>.md`` into ``folder``, made if missing."""
+  out = Path(folder)
+  out.mkdir(parents=True, exist_ok=True)
+  write_json(out / f'{stem}.json', value)
+  (out / f'{stem}.md').write_text(markdown)
+  return out
+
+
 def read_json(path: str | os.PathLike) -> Any:
   """Reads a strict JSON file, as :func:`write_json` writes them.
 

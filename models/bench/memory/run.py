@@ -499,10 +499,7 @@ def run(args: MemoryBenchConfig, argv: Sequence[str] | None = None) -> dict:
   text = report(results)
   print(text)
   if args.out:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_lib.write_json(out / 'bench_memory.json', results)
-    (out / 'bench_memory.md').write_text(text)
+    out = results_lib.write_report(args.out, 'bench_memory', results, text)
     panels = {'one device': single}
     if sharded:
       panels[f'{args.devices} devices, FSDP, per device'] = sharded
