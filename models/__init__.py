@@ -14,8 +14,8 @@ Programs (each ``python -m ...``, every flag in ``--help``):
 
 Packages:
 
-* ``models.nets``: the GPT (Flax NNX) with its sampler, and the published decoder shapes, with
-  their table labels.
+* ``models.nets``: the GPT (Flax NNX) with its sampler and an optional hashed n-gram table, and
+  the published decoder shapes, with their table labels.
 * ``models.data``: the embedded corpus (the Python standard library's code), its BPE, batches,
   and the post-training tasks built from it.
 * ``models.training``: setups (table optimizer x body), presets, the resolved plan, step, loop,
