@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -67,12 +65,6 @@ def test_groups_of_equal_rewards_are_counted(finished):
   for run in results['runs']:
     assert 0 <= run['mean_zero_advantage_share'] <= 1
   assert np.isfinite([r['final_reward'] for r in results['runs']]).all()
-
-
-def test_every_flag_has_help_with_its_default():
-  for action in rl.build_parser()._actions:
-    if not isinstance(action, argparse._HelpAction):
-      assert action.help and 'default' in action.help, action.option_strings
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -11,26 +10,11 @@ import sys
 
 import pytest
 
-from models import distributed
 from models import train as train_lib
 from models.bench import quality as bench_quality
-from models.bench import step as bench_step
-from models.bench.memory import run as bench_memory
 from models.reporting import results as results_lib
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.mark.parametrize(
-  'module', [train_lib, bench_quality, bench_step, bench_memory, distributed]
-)
-def test_every_flag_has_help_with_its_default(module):
-  parser = module.build_parser()
-  for action in parser._actions:
-    if isinstance(action, argparse._HelpAction):
-      continue
-    assert action.help, action.option_strings
-    assert 'default' in action.help, action.option_strings
 
 
 def _tiny(corpus_dir, cache_dir, *more):
