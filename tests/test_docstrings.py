@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import inspect
 from pathlib import Path
 import pkgutil
 
@@ -27,6 +28,28 @@ def test_the_examples_cover_the_public_modules():
   with_examples = [name for name in MODULES if _examples(name)]
   for name in ('ember_optax._src.transform', 'models.training.setups', 'models.cli'):
     assert name in with_examples
+
+
+def _public_functions() -> list[tuple[str, object]]:
+  import ember_optax
+  from ember_optax import diagnostics
+
+  found = []
+  for module in (ember_optax, diagnostics):
+    for name in module.__all__:
+      if inspect.isfunction(getattr(module, name)):
+        found.append((f'{module.__name__}.{name}', getattr(module, name)))
+  return found
+
+
+PUBLIC_FUNCTIONS = dict(_public_functions())
+
+
+@pytest.mark.parametrize('name', list(PUBLIC_FUNCTIONS))
+def test_every_public_function_of_the_library_has_an_example(name):
+  tests = doctest.DocTestFinder(recurse=False).find(PUBLIC_FUNCTIONS[name], name)
+  # test_docstring_examples runs them; this checks that there is one to run.
+  assert sum(len(test.examples) for test in tests) >= 2, f'{name} has no docstring example'
 
 
 def _examples(name: str) -> list[doctest.DocTest]:
