@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ember_optax._src import checks
+from ember_optax._src import paths
 
 __all__ = (
   'effective_rank',
@@ -354,7 +354,7 @@ def state_bytes_by_group(state: Any, labels: Any | None = None) -> dict[str, int
   label_paths = None
   if labels is not None:
     labelled = jax.tree_util.tree_leaves_with_path(labels)
-    label_paths = [checks.path_names(path) for path, _ in labelled]
+    label_paths = [paths.path_names(path) for path, _ in labelled]
     label_leaves = [label for _, label in labelled]
 
   def mirrors_params(node: Any) -> bool:
@@ -366,7 +366,7 @@ def state_bytes_by_group(state: Any, labels: Any | None = None) -> dict[str, int
     leaves = jax.tree_util.tree_leaves_with_path(node)
     if len(leaves) != len(label_paths):
       return False
-    return [checks.path_names(path) for path, _ in leaves] == label_paths
+    return [paths.path_names(path) for path, _ in leaves] == label_paths
 
   groups: dict[str, int] = {}
   if labels is not None:

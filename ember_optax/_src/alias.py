@@ -14,11 +14,11 @@ LabelsOrFn = Any | Callable[[optax.Params], Any] | None
 
 def ember(
   learning_rate: optax.ScalarOrSchedule,
+  *,
   b2: float = 0.999,
   eps: float = 1e-8,
   weight_decay: float = 0.0,
   mask: MaskOrFn = None,
-  *,
   vocab_size: int | None = None,
   token_axis: transform.TokenAxis = None,
 ) -> optax.GradientTransformationExtraArgs:

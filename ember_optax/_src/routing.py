@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ember_optax._src import checks
+from ember_optax._src import paths
 
 # The labels of token_table_labels, and the groups of ember_partition's state.
 TABLE_LABEL = 'token_table'
@@ -193,7 +193,7 @@ def token_table_labels(
     return is_token_table_by_name(path_name, leaf)
 
   def label(path: tuple[Any, ...], leaf: Any) -> str:
-    return TABLE_LABEL if is_table(checks.param_path(path), leaf) else BODY_LABEL
+    return TABLE_LABEL if is_table(paths.param_path(path), leaf) else BODY_LABEL
 
   labels = jax.tree_util.tree_map_with_path(label, params)
   if TABLE_LABEL not in jax.tree.leaves(labels):
@@ -203,7 +203,7 @@ def token_table_labels(
 
 def _no_table_message(params: Any, vocab_size: int | None) -> str:
   leaves = jax.tree_util.tree_leaves_with_path(params)
-  adapters = [checks.path_str(path) for path, _ in leaves if is_adapter(checks.path_str(path))]
+  adapters = [paths.path_str(path) for path, _ in leaves if is_adapter(paths.path_str(path))]
   if adapters and len(adapters) == len(leaves):
     return (
       f'token_table_labels found no token table: the parameters are low-rank adapters only '
@@ -214,7 +214,7 @@ def _no_table_message(params: Any, vocab_size: int | None) -> str:
       f'(for instance nnx.Optimizer(model, tx, wrt=nnx.Any(nnx.LoRAParam, <a filter for the '
       f'embedder>))). LoRA factors of a head are never token tables.'
     )
-  shapes = ', '.join(f'{checks.path_str(path)} {np.shape(leaf)}' for path, leaf in leaves[:8])
+  shapes = ', '.join(f'{paths.path_str(path)} {np.shape(leaf)}' for path, leaf in leaves[:8])
   found_by = (
     f'no leaf of two or more dimensions has an axis of vocab_size={vocab_size}'
     if vocab_size is not None
@@ -233,6 +233,6 @@ def check_labels(labels: Any, allowed: frozenset[str]) -> None:
   for path, label in jax.tree_util.tree_leaves_with_path(labels):
     if label not in allowed:
       raise ValueError(
-        f'The label {label!r} of parameter {checks.path_str(path)!r} names no '
+        f'The label {label!r} of parameter {paths.path_str(path)!r} names no '
         f'transform; use one of {sorted(allowed)}.'
       )

@@ -157,6 +157,7 @@ def sparse_ember_row_statistic(state: SparseEmberState, b2: float = 0.999) -> ja
 
 def sparse_ember(
   learning_rate: optax.ScalarOrSchedule,
+  *,
   b2: float = 0.999,
   eps: float = 1e-8,
   weight_decay: float = 0.0,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ember_optax._src import checks, layout, routing, rule
+from ember_optax._src import checks, layout, paths, routing, rule
 from ember_optax._src.squared_sums import squared_sums, statistics_dtype
 
 
@@ -119,7 +119,7 @@ def scale_by_ember(
 
   def known_token_axis(path: tuple[Any, ...], leaf: Any) -> int | None:
     if callable(token_axis):
-      return token_axis(checks.param_path(path), leaf)
+      return token_axis(paths.param_path(path), leaf)
     if token_axis is not None:
       return int(token_axis)
     size = routing.static_vocab_size(vocab_size, 'scale_by_ember')
@@ -132,7 +132,7 @@ def scale_by_ember(
     try:
       return layout.row_axis(np.shape(leaf), known_token_axis(path, leaf))
     except ValueError as error:
-      raise ValueError(f'scale_by_ember: parameter {checks.path_str(path)!r}: {error}') from None
+      raise ValueError(f'scale_by_ember: parameter {paths.path_str(path)!r}: {error}') from None
 
   def is_static() -> bool:
     # Under optax.inject_hyperparams numbers arrive as arrays, traced under jit.
@@ -200,7 +200,7 @@ def scale_by_ember(
         expected = layout.reduced_shape(grad.shape, (axis,))
         if col.shape != expected:
           raise ValueError(
-            f'scale_by_ember: the column statistic of {checks.path_str(path)!r} has shape '
+            f'scale_by_ember: the column statistic of {paths.path_str(path)!r} has shape '
             f'{col.shape}, but its token axis makes it {expected}. Pass the vocab_size and '
             f'token_axis that init was built with.'
           )
@@ -209,7 +209,7 @@ def scale_by_ember(
       axis = layout.row_axis_from_statistics(grad.shape, col.shape, scale.shape)
       if axis is None:
         raise ValueError(
-          f'scale_by_ember: the token axis of {checks.path_str(path)!r} {grad.shape} cannot '
+          f'scale_by_ember: the token axis of {paths.path_str(path)!r} {grad.shape} cannot '
           f'be told from its statistics while vocab_size or token_axis is traced. Build the '
           f"optimizer as optax.inject_hyperparams(..., static_args=('vocab_size', "
           f"'token_axis'))."

@@ -141,7 +141,7 @@ class SparseRowRmsState(NamedTuple):
 
 
 def sparse_rowwise(
-  learning_rate: optax.ScalarOrSchedule, b2: float = 0.999, eps: float = 1e-8
+  learning_rate: optax.ScalarOrSchedule, *, b2: float = 0.999, eps: float = 1e-8
 ) -> ember_optax.SparseRowTransformation:
   """Row-wise RMSprop on the touched rows of a table: the sparse peer of ``sparse_ember``.
 
