@@ -55,7 +55,7 @@ def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def make_optimizer(config: GPTConfig, params, lr: float = 1e-2) -> optax.GradientTransformation:
+def ember_setup_optimizer(config: GPTConfig, params, lr: float = 1e-2) -> optax.GradientTransformation:
   """The main job's ``ember`` setup for the GPT's ``params``, routed by its own table labels."""
   labels = table_labels(params, config)
   return setups.make_optimizer(setups.Setup('ember'), labels, learning_rate=lr)
@@ -87,7 +87,7 @@ def train(
   graphdef, state = nnx.split(model, nnx.Param)
   host_params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
   del model, state
-  tx = make_optimizer(config, host_params, lr)
+  tx = ember_setup_optimizer(config, host_params, lr)
   specs = layout_specs(config, host_params, layout, mesh.shape['x'])
   p_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   params = jax.tree.map(global_array, host_params, p_shardings)

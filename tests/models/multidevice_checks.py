@@ -227,7 +227,7 @@ def check_gpt_optimizer_hlo(layout):
   from models.nets.gpt import GPT
 
   params = nnx.to_pure_dict(nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)[1])
-  tx = distributed.make_optimizer(config, params)
+  tx = distributed.ember_setup_optimizer(config, params)
   specs = distributed.layout_specs(config, params, layout, 8)
   p_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)

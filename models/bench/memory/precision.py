@@ -66,7 +66,7 @@ def float32_statistics(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def make_optimizer(name: str, labels: Any) -> optax.GradientTransformationExtraArgs:
+def float32_statistics_optimizer(name: str, labels: Any) -> optax.GradientTransformationExtraArgs:
   """The whole-model optimizer of setup ``name``, with float32 statistics.
 
   Args:
@@ -103,7 +103,7 @@ def optimizer_state_bytes(
   are in ``model`` only.
 
   Args:
-    name: ``"adamw"``, ``"ember"`` or ``"adafactor"`` (see :func:`make_optimizer`).
+    name: ``"adamw"``, ``"ember"`` or ``"adafactor"`` (see :func:`float32_statistics_optimizer`).
     params: the parameters (arrays or ``jax.ShapeDtypeStruct``s; a dict or an ``nnx.State``).
     labels: ``"token_table"``/``"body"`` per parameter.
     param_shardings: if given (``NamedSharding`` per parameter), the bytes are one device's,
@@ -120,7 +120,7 @@ def optimizer_state_bytes(
     >>> optimizer_state_bytes('ember', params, labels)
     StateBytes(tables=4264, model=37036)
   """
-  state = jax.eval_shape(make_optimizer(name, labels).init, params)
+  state = jax.eval_shape(float32_statistics_optimizer(name, labels).init, params)
   if param_shardings is not None:
     state = shard_shapes(state, ember_optax.state_shardings(state, param_shardings))
   return StateBytes(setups.table_state_bytes(state, labels), tree_bytes(state))

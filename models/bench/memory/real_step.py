@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from models.bench.memory.child_process import ChildProcess
-from models.bench.memory.precision import make_optimizer
+from models.bench.memory.precision import float32_statistics_optimizer
 from models.bench.memory.step_memory import StepBuilder, StepMemory
 
 
@@ -76,7 +76,7 @@ def real_step_memory(optimizer: str, preset: str = 'small', repeats: int = 3) ->
   )
   estimate = StepMemory.of(step)
   make_params = jax.jit(new_params).lower().compile()
-  init = jax.jit(make_optimizer(optimizer, labels).init).lower(abstract_params).compile()
+  init = jax.jit(float32_statistics_optimizer(optimizer, labels).init).lower(abstract_params).compile()
   shape = (settings.batch_size, settings.seq_len + 1)
   make_tokens = (
     jax.jit(lambda: jax.random.randint(jax.random.key(0), shape, 0, config.vocab_size))

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import optax
 
 import ember_optax
-from models.bench.memory.precision import make_optimizer
+from models.bench.memory.precision import float32_statistics_optimizer
 from models.training.layouts import batch_sharding, fsdp_shardings
 
 # XLA options of every compile. The backend (LLVM) optimization level acts after buffer
@@ -102,7 +102,7 @@ class StepBuilder:
     graphdef: the model's graph (``nnx.split``).
     params: the parameters as a pure dict (abstract or concrete).
     labels: ``"token_table"``/``"body"`` per parameter.
-    optimizer: setup name (see ``models.bench.memory.precision.make_optimizer``).
+    optimizer: setup name (see ``models.bench.memory.precision.float32_statistics_optimizer``).
     seq_len: tokens per sequence.
     mesh: a one-axis device mesh for the FSDP layout, or ``None`` for one device.
     stacked: whether a parameter (by key path) is stacked over layers (scanned).
@@ -125,7 +125,7 @@ class StepBuilder:
 
   @functools.cached_property
   def _jitted(self) -> tuple[Any, Any]:
-    optimizer = make_optimizer(self.optimizer, self.labels)
+    optimizer = float32_statistics_optimizer(self.optimizer, self.labels)
     state = jax.eval_shape(optimizer.init, self.params)
     jit_kwargs = {}
     if self.mesh is not None:

@@ -106,7 +106,7 @@ def test_statistics_stay_float32_for_bfloat16_parameters(name):
     'w': jnp.full((16, 8), 0.1, jnp.bfloat16),
   }
   labels = {'embed': 'token_table', 'w': 'body'}
-  optimizer = memory_setups.make_optimizer(name, labels)
+  optimizer = memory_setups.float32_statistics_optimizer(name, labels)
   state = optimizer.init(params)
 
   @jax.jit
