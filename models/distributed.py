@@ -55,7 +55,9 @@ def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def ember_setup_optimizer(config: GPTConfig, params, lr: float = 1e-2) -> optax.GradientTransformation:
+def ember_setup_optimizer(
+  config: GPTConfig, params, lr: float = 1e-2
+) -> optax.GradientTransformation:
   """The main job's ``ember`` setup for the GPT's ``params``, routed by its own table labels."""
   labels = table_labels(params, config)
   return setups.make_optimizer(setups.Setup('ember'), labels, learning_rate=lr)

@@ -76,7 +76,8 @@ def real_step_memory(optimizer: str, preset: str = 'small', repeats: int = 3) ->
   )
   estimate = StepMemory.of(step)
   make_params = jax.jit(new_params).lower().compile()
-  init = jax.jit(float32_statistics_optimizer(optimizer, labels).init).lower(abstract_params).compile()
+  tx = float32_statistics_optimizer(optimizer, labels)
+  init = jax.jit(tx.init).lower(abstract_params).compile()
   shape = (settings.batch_size, settings.seq_len + 1)
   make_tokens = (
     jax.jit(lambda: jax.random.randint(jax.random.key(0), shape, 0, config.vocab_size))
