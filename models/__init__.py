@@ -4,12 +4,15 @@ Programs (each ``python -m ...``, every flag in ``--help``):
 
 * ``models.train``: the main job, the comparison of optimizer setups on a GPT.
 * ``models.bench.quality``: each setup at its own best learning rate, over seeds.
+* ``models.bench.scaling``: the quality benchmark across model sizes, batch sizes and bodies.
+* ``models.bench.row_steps``: each token table's row steps, every step, at one point of the sweep.
 * ``models.bench.step``: the time of one optimizer step on a token table.
 * ``models.bench.sparse``: a table's update against its number of rows, sparse and dense.
 * ``models.bench.memory``: the memory of a whole train step at published model shapes.
 * ``models.distributed``: the main job's Ember setup over a device mesh, on one host or many.
 * ``models.pretrain``: the base model of post-training, trained once and cached.
 * ``models.sft``: supervised fine-tuning from the base model, each table optimizer compared.
+* ``models.bench.tunix_sft``: the SFT task in Tunix's ``PeftTrainer`` and in our loop.
 * ``models.rl``: GRPO from the base model on a verifiable reward, each table optimizer compared.
 
 Packages:

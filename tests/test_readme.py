@@ -35,3 +35,20 @@ def test_relative_links_point_at_files(readme):
     if target.startswith(('http://', 'https://')):
       continue
     assert (readme.parent / target).exists(), f'{readme.name}: {target}'
+
+
+def test_models_readme_and_package_docstring_list_the_same_programs():
+  table = set(
+    re.findall(r'^\| `python -m (models[\w.]+)`', READMES[1].read_text(), flags=re.MULTILINE)
+  )
+  listed = set(
+    re.findall(
+      r'^\* ``(models\.[\w.]+)``: ', (ROOT / 'models' / '__init__.py').read_text(), re.MULTILINE
+    )
+  )
+  packages = {f'models.{name}' for name in ('nets', 'data', 'training', 'reporting', 'bench', 'cli')}
+  assert table == listed - packages
+  for program in table:  # Each is a module with a main.
+    path = ROOT / (program.replace('.', '/') + '.py')
+    package = ROOT / program.replace('.', '/') / '__main__.py'
+    assert path.exists() or package.exists(), program
