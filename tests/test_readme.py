@@ -46,7 +46,8 @@ def test_models_readme_and_package_docstring_list_the_same_programs():
       r'^\* ``(models\.[\w.]+)``: ', (ROOT / 'models' / '__init__.py').read_text(), re.MULTILINE
     )
   )
-  packages = {f'models.{name}' for name in ('nets', 'data', 'training', 'reporting', 'bench', 'cli')}
+  shared = ('nets', 'data', 'training', 'reporting', 'bench', 'cli')
+  packages = {f'models.{name}' for name in shared}
   assert table == listed - packages
   for program in table:  # Each is a module with a main.
     path = ROOT / (program.replace('.', '/') + '.py')
