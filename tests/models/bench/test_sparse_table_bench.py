@@ -19,13 +19,8 @@ from models.reporting import results as results_lib
     (['--speed', 'max'], 'unrecognized arguments: --speed max'),
   ],
 )
-def test_bad_input_is_one_line_on_stderr(argv, complaint, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    bench_sparse.main(argv)
-  assert exit_info.value.code == 2
-  out, err = capsys.readouterr()
-  assert err.count('\n') == 1 and complaint in err, err
-  assert err.startswith('python -m models.bench.sparse: error: ')
+def test_bad_input_is_one_line_on_stderr(argv, complaint, refused):
+  refused(bench_sparse.main, argv, bench_sparse.PROG, complaint)
 
 
 def test_ids_are_zipf_ranks_hashed_over_the_rows():
