@@ -48,6 +48,9 @@ class SparseEmberState(NamedTuple):
 class SparseRowTransformation(NamedTuple):
   """A pair of pure functions, as :class:`optax.GradientTransformation`, for row gradients.
 
+  Built by :func:`sparse_ember` (whose state is a :class:`SparseEmberState`), and by any other
+  optimizer of table rows that follows the same contract.
+
   Attributes:
     init: ``init(table) -> state``.
     update: ``update(grads, state, table=None) -> (updates, state)``, with
@@ -55,8 +58,8 @@ class SparseRowTransformation(NamedTuple):
       :func:`apply_row_updates`.
   """
 
-  init: Callable[[jax.Array], SparseEmberState]
-  update: Callable[..., tuple[IndexedRows, SparseEmberState]]
+  init: Callable[[jax.Array], Any]
+  update: Callable[..., tuple[IndexedRows, Any]]
 
 
 def sum_duplicate_rows(grads: IndexedRows, num_rows: int) -> tuple[IndexedRows, jax.Array]:
