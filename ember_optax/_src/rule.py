@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ember_optax._src.squared_sums import statistics_dtype
+
 # Below this, the scalar statistic is treated as zero: it only guards the
 # division when every gradient so far was exactly zero.
 MIN_SCALE = 1e-30
@@ -26,6 +28,18 @@ def decay_constants(b2: Any) -> tuple[Any, Any]:
     return (math.log(b2) if b2 > 0 else -math.inf), 1.0 - b2
   b2 = jnp.asarray(b2)
   return jnp.log(b2), 1 - b2
+
+
+def zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
+  """Statistics-dtype zeros shaped (and sharded) like ``param`` summed over ``axis``."""
+  # Going through eval_shape keeps sharding-in-types, as optax.factorized does.
+  target = jax.eval_shape(lambda x: jnp.sum(x.astype(statistics_dtype(x.dtype)), axis=axis), param)
+  return jnp.zeros_like(target)
+
+
+def decay_over(steps: jax.Array, log_b2: Any, dtype: Any) -> jax.Array:
+  """``b2**steps``: how much a statistic left alone for ``steps`` steps has decayed."""
+  return jnp.exp(steps.astype(dtype) * jnp.asarray(log_b2, dtype))
 
 
 def bias_correction(count: jax.Array, log_b2: Any, dtype: Any) -> jax.Array:

@@ -154,8 +154,7 @@ def sparse_ember_row_statistic(state: SparseEmberState, b2: float = 0.999) -> ja
     [0.25, 2.25, 0.0]
   """
   log_b2, _ = rule.decay_constants(b2)
-  gap = (state.count - state.last_step).astype(state.row.dtype)
-  return state.row * jnp.exp(gap * jnp.asarray(log_b2, state.row.dtype))
+  return state.row * rule.decay_over(state.count - state.last_step, log_b2, state.row.dtype)
 
 
 def sparse_ember(
@@ -235,16 +234,14 @@ def sparse_ember(
 
   def init_fn(table: jax.Array) -> SparseEmberState:
     _check_table(table)
-    dtype = statistics_dtype(table.dtype)
-    num_rows, width = table.shape
     # Statistics laid out like the table's axes they keep (sharded rows keep sharded statistics).
-    row = _zeros_like_reduced(table, 1, dtype)
+    row = rule.zeros_reduced(table, 1)
     return SparseEmberState(
       count=jnp.zeros([], jnp.int32),
       row=row,
       last_step=jnp.zeros_like(row, jnp.int32),
-      col=_zeros_like_reduced(table, 0, dtype),
-      scale=jnp.zeros([], dtype),
+      col=rule.zeros_reduced(table, 0),
+      scale=jnp.zeros([], row.dtype),
     )
 
   def update_fn(
@@ -274,8 +271,7 @@ def sparse_ember(
     last_step = state.last_step.at[touched.ids].get(mode='fill', fill_value=0)
     row_before = state.row.at[touched.ids].get(mode='fill', fill_value=0)
     # Each touched row's statistic, decayed over the steps it sat untouched, then this step's.
-    steps_since = (count - last_step).astype(dtype)
-    row_decay = jnp.exp(steps_since * jnp.asarray(log_b2, dtype))
+    row_decay = rule.decay_over(count - last_step, log_b2, dtype)
     row = rule.moving_average(row_before, row_sums / width, row_decay, rate)
     # Untouched rows add zeros to the column sums: averaging over all V rows needs only V.
     col = rule.moving_average(state.col, col_sums / num_rows, decay, rate)
@@ -300,12 +296,6 @@ def sparse_ember(
     return IndexedRows(touched.ids, updates), new_state
 
   return SparseRowTransformation(init_fn, update_fn)
-
-
-def _zeros_like_reduced(table: jax.Array, axis: int, dtype: Any) -> jax.Array:
-  """Zeros shaped (and sharded) like ``table`` summed over ``axis``."""
-  target = jax.eval_shape(lambda x: jnp.sum(x.astype(dtype), axis=axis), table)
-  return jnp.zeros_like(target)
 
 
 def _check_table(table: Any) -> None:

@@ -29,13 +29,6 @@ class ScaleByEmberState(NamedTuple):
   scale: optax.Updates  # EMA of the mean squared gradient of the whole table.
 
 
-def _zeros_reduced(param: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
-  """Statistics-dtype zeros shaped (and sharded) like ``param`` summed over ``axis``."""
-  # Going through eval_shape keeps sharding-in-types, as optax.factorized does.
-  target = jax.eval_shape(lambda x: jnp.sum(x.astype(statistics_dtype(x.dtype)), axis=axis), param)
-  return jnp.zeros_like(target)
-
-
 TokenAxis = int | Callable[[str, Any], int | None] | None
 
 
@@ -150,17 +143,17 @@ def scale_by_ember(
     def init_row(param, row_axis):
       if param.ndim < 2:
         return jnp.zeros_like(param, dtype=statistics_dtype(param.dtype))
-      return _zeros_reduced(param, -1)
+      return rule.zeros_reduced(param, -1)
 
     def init_col(param, row_axis):
       if param.ndim < 2:
         return jnp.zeros((), statistics_dtype(param.dtype))
-      return _zeros_reduced(param, row_axis)
+      return rule.zeros_reduced(param, row_axis)
 
     def init_scale(param, row_axis):
       if param.ndim < 2:
         return jnp.zeros((), statistics_dtype(param.dtype))
-      return _zeros_reduced(param, (row_axis, param.ndim - 1))
+      return rule.zeros_reduced(param, (row_axis, param.ndim - 1))
 
     def statistic(init, name):
       # Flax boxes (linen Partitioned, nnx.Variable) get the axes each statistic keeps.

@@ -24,6 +24,7 @@ Run::
 
 from collections.abc import Callable, Sequence
 import dataclasses
+import functools
 from pathlib import Path
 import time
 from typing import Any
@@ -35,15 +36,16 @@ import optax
 
 import ember_optax
 from models import cli
+from models.bench.memory.step_memory import StepMemory
 from models.cli import option
 from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
 from models.training import rowwise
+from models.training import step as step_lib
 
 PROG = 'python -m models.bench.sparse'
 LEARNING_RATE = 1e-3
 OPTIMIZERS = ('sparse_ember', 'sparse_rowwise', 'ember', 'adamw')
-SPARSE = ('sparse_ember', 'sparse_rowwise')
 # Share of the free memory a step may plan to use: the process and its copies need the rest.
 MEMORY_HEADROOM = 0.85
 # Fast steps run for --min-seconds (up to MAX_STEPS), cycling through DISTINCT_BATCHES batches.
@@ -102,39 +104,18 @@ def batches(config: SparseBenchConfig, rows: int, count: int) -> list[jax.Array]
 
 
 def optimizer_step(name: str) -> tuple[Callable[..., Any], Callable[[Any], Any]]:
-  """``(step, init)`` of optimizer ``name``: ``step(table, state, ids, row_grads)``."""
-  if name in SPARSE:
-    sparse = (
-      ember_optax.sparse_ember(LEARNING_RATE)
-      if name == 'sparse_ember'
-      else rowwise.sparse_rowwise(LEARNING_RATE)
-    )
+  """``(step, init)`` of optimizer ``name``: ``step(table, state, ids, row_grads)``.
 
-    def sparse_step(table, state, ids, row_grads):
-      updates, state = sparse.update(ember_optax.IndexedRows(ids, row_grads), state, table)
-      return ember_optax.apply_row_updates(table, updates), state
-
-    return sparse_step, sparse.init
-  dense = ember_optax.ember(LEARNING_RATE) if name == 'ember' else optax.adamw(LEARNING_RATE)
-
-  def dense_step(table, state, ids, row_grads):
-    # The gradient of table[ids], as JAX's autodiff builds it.
-    grad = jnp.zeros_like(table).at[ids].add(row_grads)
-    updates, state = dense.update(grad, state, table)
-    return optax.apply_updates(table, updates), state
-
-  return dense_step, dense.init
-
-
-def peak_bytes(compiled: Any) -> int:
-  """Arguments, scratch and non-aliased outputs of a compiled step."""
-  memory = compiled.memory_analysis()
-  return int(
-    memory.argument_size_in_bytes
-    + memory.temp_size_in_bytes
-    + memory.output_size_in_bytes
-    - memory.alias_size_in_bytes
-  )
+  The sparse optimizers update the touched rows; the dense ones take the gradient JAX builds for
+  ``table[ids]`` (``models.training.step.update_table``), inside the timed step.
+  """
+  optimizer = {
+    'sparse_ember': lambda: ember_optax.sparse_ember(LEARNING_RATE),
+    'sparse_rowwise': lambda: rowwise.sparse_rowwise(LEARNING_RATE),
+    'ember': lambda: ember_optax.ember(LEARNING_RATE),
+    'adamw': lambda: optax.adamw(LEARNING_RATE),
+  }[name]()
+  return functools.partial(step_lib.update_table, optimizer), optimizer.init
 
 
 def free_memory_bytes() -> int | None:
@@ -157,7 +138,7 @@ def bench_one(config: SparseBenchConfig, name: str, rows: int) -> dict:
   state_spec = jax.eval_shape(init, table_spec)
   jitted = jax.jit(step, donate_argnums=(0, 1))
   compiled = jitted.lower(table_spec, state_spec, ids_spec, grads_spec).compile()
-  peak = peak_bytes(compiled)
+  peak = StepMemory.of(compiled).total
   result = {'optimizer': name, 'rows': rows, 'peak_bytes': peak}
   free = free_memory_bytes()
   if free is not None and peak > MEMORY_HEADROOM * free:

@@ -209,17 +209,14 @@ class GPT(nnx.Module):
     length = tokens.shape[-1]
     if length > self.config.max_len:
       raise ValueError(f'sequence length {length} > max_len {self.config.max_len}')
+    if self.ngram is None and ngram_rows is not None:
+      raise ValueError('ngram_rows were given to a GPT without an n-gram table')
     x = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))
-    if self.ngram is None:
-      if ngram_rows is not None:
-        raise ValueError('ngram_rows were given to a GPT without an n-gram table')
-      for block in self.blocks:
-        x = block(x)
-      return self._logits(x)
-    vector = self.ngram(tokens, ngram_rows)
-    weights = self.ngram.block_weights[...]
+    vector = None if self.ngram is None else self.ngram(tokens, ngram_rows)
     for index, block in enumerate(self.blocks):
-      x = block(x + weights[index] * vector)
+      if vector is not None:
+        x = x + self.ngram.block_weights[index] * vector
+      x = block(x)
     return self._logits(x)
 
   def _logits(self, x: jax.Array) -> jax.Array:

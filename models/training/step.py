@@ -83,7 +83,6 @@ def ngram_train_step(
   one (dense AdamW, say) takes the dense gradient they make, as autodiff of the lookup would.
   Donate ``table`` and ``table_state`` so that the table is updated in place.
   """
-  sparse = isinstance(table_optimizer, ember_optax.SparseRowTransformation)
 
   def step(params, opt_state, tables, table, table_state, inputs, targets):
     tables = _with_table(tables, table)
@@ -98,20 +97,35 @@ def ngram_train_step(
     )
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    if sparse:
-      row_updates, table_state = table_optimizer.update(
-        ember_optax.IndexedRows(ids, row_grads), table_state, table
-      )
-      table = ember_optax.apply_row_updates(table, row_updates)
-    else:
-      # Where an n-gram is missing (id -1) nothing is added: a negative id would wrap around.
-      ids = jnp.where(ids < 0, table.shape[0], ids)
-      grad = jnp.zeros_like(table).at[ids].add(row_grads.astype(table.dtype), mode='drop')
-      table_updates, table_state = table_optimizer.update(grad, table_state, table)
-      table = optax.apply_updates(table, table_updates)
+    table, table_state = update_table(table_optimizer, table, table_state, ids, row_grads)
     return params, opt_state, table, table_state, value
 
   return step
+
+
+def update_table(
+  table_optimizer: optax.GradientTransformation | ember_optax.SparseRowTransformation,
+  table: jax.Array,
+  table_state,
+  ids: jax.Array,
+  row_grads: jax.Array,
+) -> tuple[jax.Array, object]:
+  """A table's step from the gradients of the rows ``table[ids]``: ``(table, table_state)``.
+
+  A sparse-row optimizer (``ember_optax.sparse_ember``) updates the touched rows; an Optax one
+  takes the dense gradient that autodiff of the lookup would build, the rows scattered (and
+  summed) into a table of zeros. Ids outside the table (``-1`` for a missing n-gram) add nothing.
+  """
+  if isinstance(table_optimizer, ember_optax.SparseRowTransformation):
+    updates, table_state = table_optimizer.update(
+      ember_optax.IndexedRows(ids, row_grads), table_state, table
+    )
+    return ember_optax.apply_row_updates(table, updates), table_state
+  # A negative id would wrap around: send it past the end, where the scatter drops it.
+  ids = jnp.where(ids < 0, table.shape[0], ids)
+  grad = jnp.zeros_like(table).at[ids].add(row_grads.astype(table.dtype), mode='drop')
+  updates, table_state = table_optimizer.update(grad, table_state, table)
+  return optax.apply_updates(table, updates), table_state
 
 
 def _with_table(tables: nnx.State, table: jax.Array) -> nnx.State:
