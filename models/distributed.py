@@ -36,7 +36,7 @@ from models import cli
 from models.cli import ConfigError, option
 from models.data.synthetic import synthetic_batch
 from models.nets.gpt import GPT, GPTConfig, table_labels
-from models.training import setups
+from models.optim import registry
 from models.training import step as step_lib
 from models.training.layouts import LAYOUTS, param_specs
 from models.training.presets import PRESETS
@@ -60,7 +60,7 @@ def ember_setup_optimizer(
 ) -> optax.GradientTransformation:
   """The main job's ``ember`` setup for the GPT's ``params``, routed by its own table labels."""
   labels = table_labels(params, config)
-  return setups.make_optimizer(setups.Setup('ember'), labels, learning_rate=lr)
+  return registry.make_optimizer(registry.Setup('ember'), labels, learning_rate=lr)
 
 
 def layout_specs(config: GPTConfig, params, layout: str, n_devices: int):

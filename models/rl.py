@@ -44,17 +44,16 @@ import numpy as np
 
 from ember_optax.diagnostics import tree_bytes
 from models import cli
-from models.bench import quality
 from models.cli import ConfigError, option
 from models.data import bracket_prompts
 from models.data.corpus import EOT
 from models.nets import sampling
 from models.nets.gpt import table_labels
+from models.optim import registry
 from models.reporting import results as results_lib
 from models.reporting import stats, tables
 from models.training import checkpoints as checkpoints_lib
-from models.training import grpo
-from models.training import setups as setups_lib
+from models.training import grpo, search
 from models.training import step as step_lib
 from models.training.config import TrainConfig, corpus_option, resolve
 from models.training.loop import Comparison, params_digest
@@ -121,7 +120,7 @@ class RLConfig:
   preset: str = option(
     'small', 'the base model (models.pretrain --preset) and its RL defaults', choices=tuple(PRESETS)
   )
-  setups: tuple[str, ...] = option(('adamw', 'ember', 'rowwise'), 'table optimizers, AdamW body')
+  setups: tuple[str, ...] = option(registry.default_setups('rl'), 'table optimizers, AdamW body')
   batches: tuple[str, ...] | None = option(
     None,
     'batch shapes PROMPTSxGROUP: prompts per step x completions per prompt (default: 2x2 '
@@ -208,7 +207,7 @@ def check(config: RLConfig) -> None:
   """Raises ``ConfigError`` naming the first setting that cannot be run."""
   if config.preset not in PRESETS:
     raise ConfigError(f'--preset: unknown preset {config.preset!r}; choose from {list(PRESETS)}')
-  quality.check_search(config.lrs, config.extend, config.seeds, config.best_seeds)
+  search.check_search(config.lrs, config.extend, config.seeds, config.best_seeds)
   for batch in config.batches:
     parse_batch(batch)
   if len(set(config.batches)) != len(config.batches) or not config.batches:
@@ -230,7 +229,7 @@ def check(config: RLConfig) -> None:
     raise ConfigError(f'--beta must be a finite number >= 0, got {config.beta!r}')
   for setup in config.setups:
     try:
-      parsed = setups_lib.Setup.parse(setup)
+      parsed = registry.Setup.parse(setup)
     except ValueError as error:
       raise ConfigError(f'--setups: setup {setup!r}: {error}') from None
     if parsed.body != 'adamw':
@@ -335,7 +334,7 @@ def build_task(config: RLConfig, verbose: bool = True) -> Task:
 
 def train_rl(
   task: Task,
-  setup: setups_lib.Setup,
+  setup: registry.Setup,
   batch: str,
   seed: int,
   lr: float,
@@ -421,7 +420,7 @@ def train_rl(
     'lr': lr,
     'final_reward': final,
     'mean_zero_advantage_share': float(np.mean(progress['zero_advantage_share'] or [np.nan])),
-    'table_state_bytes': setups_lib.table_state_bytes(opt_state, labels),
+    'table_state_bytes': registry.table_state_bytes(opt_state, labels),
     'model_state_bytes': tree_bytes(opt_state),
     'train_time_s': elapsed_before + time.perf_counter() - started,
     'diverged_at_step': progress['diverged_at_step'],
@@ -468,7 +467,7 @@ def run_rl(config: RLConfig, verbose: bool = True) -> dict:
   runs = []
   for batch in config.batches:
     for name in config.setups:
-      setup = setups_lib.Setup.parse(name)
+      setup = registry.Setup.parse(name)
 
       def run_point(lr: float, seeds: Sequence[int], setup=setup, batch=batch) -> list[dict]:
         point = []
@@ -479,11 +478,11 @@ def run_rl(config: RLConfig, verbose: bool = True) -> dict:
           point.append(train_rl(task, setup, batch, seed, lr, checkpoints, log))
         return point
 
-      setup_runs, best = quality.bracket_best(
+      setup_runs, best = search.bracket_best(
         config.lrs,
         config.extend,
         lambda lr, run_point=run_point: run_point(lr, config.seeds),
-        lambda runs: quality.best_learning_rate(runs, 'lr', negative_reward),
+        lambda runs: search.best_learning_rate(runs, 'lr', negative_reward),
       )
       runs += setup_runs
       if config.best_seeds:
@@ -531,7 +530,7 @@ def summarize(runs: Sequence[dict]) -> dict:
       grid[batch][setup] = {
         str(lr): stats.describe([r['final_reward'] for r in theirs if r['lr'] == lr]) for lr in lrs
       }
-      best_lr = quality.best_learning_rate(theirs, 'lr', negative_reward)
+      best_lr = search.best_learning_rate(theirs, 'lr', negative_reward)
       at_best[setup] = [r for r in theirs if r['lr'] == best_lr]
       best[batch][setup] = {
         'best_lr': best_lr,
@@ -644,8 +643,6 @@ def plot_curves(results: dict, path: Path) -> None:
   (mean over seeds; thin lines: each seed)."""
   import matplotlib.pyplot as plt
 
-  from models.reporting.plots import COLORS
-
   batches = list(results['best'])
   fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
   for ax, batch in zip(axes[0], batches, strict=True):
@@ -654,7 +651,7 @@ def plot_curves(results: dict, path: Path) -> None:
         r for r in results['runs']
         if r['batch'] == batch and r['setup'] == setup and r['lr'] == s['best_lr']
       ]  # fmt: skip
-      color = COLORS.get(setups_lib.Setup.parse(setup).tables)
+      color = registry.plot_style(setup)[0]
       curves = [np.array(r['reward_curve'], dtype=float) for r in runs if r['reward_curve']]
       for curve in curves:
         ax.plot(curve[:, 0], curve[:, 1], color=color, lw=0.6, alpha=0.4)

@@ -39,29 +39,29 @@ from flax import nnx
 import numpy as np
 
 from models import cli
-from models.bench import quality
 from models.cli import ConfigError, option
 from models.data import docstring_pairs
+from models.optim import registry
+from models.optim.registry import Setup
 from models.reporting import plots, stats, tables
 from models.reporting import results as results_lib
+from models.training import search
 from models.training import step as step_lib
 from models.training.config import resolve
 from models.training.loop import Comparison
 from models.training.pretrained import PretrainConfig, load_or_pretrain
-from models.training.setups import Setup
 
 PROG = 'python -m models.sft'
 TASK = f'docstring-pairs-v{docstring_pairs.CACHE_VERSION}'
+# Every table optimizer the registry fine-tunes with, beside AdamW, then each that trains beside a
+# frozen body (tables-only fine-tuning).
 SFT_SETUPS = (
-  'adamw',
-  'ember',
-  'adafactor',
-  'rowwise',
-  'frozen',
-  'adamw+frozen',
-  'ember+frozen',
-  'adafactor+frozen',
-  'rowwise+frozen',
+  *registry.default_setups('sft'),
+  *(
+    f'{name}+frozen'
+    for name in registry.default_setups('sft')
+    if registry.TABLE_OPTIMIZERS[name].trains
+  ),
 )
 FORGETTING = 'pretrain_val'  # The extra evaluation: the pretraining domain's validation set.
 DEFAULT_OUT = Path('models', 'results', 'sft')
@@ -86,7 +86,7 @@ OTHER_PRESETS = Defaults(steps=1000, lrs=(1e-4, 2e-4, 4e-4), best_seeds=(1, 2), 
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig(quality.QualityConfig):
+class SFTConfig(search.SearchConfig):
   """The quality benchmark's settings, for fine-tuning from the pretrained base model."""
 
   setups: tuple[str, ...] = option(
@@ -370,7 +370,7 @@ def plot_frontier(results: dict, path: Path) -> None:
       yerr=error,
       fmt='o' if parsed.body == 'adamw' else 's',
       mfc=None if parsed.body == 'adamw' else 'white',
-      color=plots.COLORS.get(parsed.tables),
+      color=registry.TABLE_OPTIMIZERS[parsed.tables].color,
       capsize=3,
       label=setup,
     )
@@ -398,12 +398,12 @@ def run_sft(config: SFTConfig, verbose: bool = True) -> dict:
   """Runs (or resumes) the comparison; returns and writes its results."""
   config = config.filled()
   # Every setting is checked before the base model is read or trained.
-  quality.check_search(config.lrs, config.extend, config.seeds, config.best_seeds)
+  search.check_search(config.lrs, config.extend, config.seeds, config.best_seeds)
   resolve(config)
   started = time.perf_counter()
   comparison, base_model = build_comparison(config, verbose=verbose)
   out = Path(config.out)
-  summary = quality.run_benchmark(
+  summary = search.run_search(
     dataclasses.replace(config, out=None),
     verbose=verbose,
     comparison=comparison,
@@ -441,7 +441,7 @@ def build_parser() -> cli.Parser:
     PROG,
     'Fine-tunes the pretrained base model on docstring -> body pairs under each table '
     'optimizer, each at its best learning rate, and compares them.',
-    skip=('lr', 'lr_for', 'table_lr', 'table_lr_for', 'sweep', 'summarize'),
+    skip=('lr', 'lr_for', 'table_lr', 'table_lr_for', 'sweep'),
   )
 
 

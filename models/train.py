@@ -4,7 +4,7 @@
     python -m models.train --preset tiny --steps 100 --out /tmp/run
     python -m models.train --text ~/my_corpus --setups adamw ember --seeds 0 1 2
 
-The setups (``models.training.setups``) differ only on the token tables, the input embedding and
+The setups (``models.optim.registry``) differ only on the token tables, the input embedding and
 the LM head; the body gets AdamW unless a setup names another (``ember+muon``). Within a seed
 every setup starts from the same initialization and sees the same batches in the same order, so
 the differences come from the optimizer only. Every setup clips the gradient to the same global

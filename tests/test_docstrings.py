@@ -26,7 +26,7 @@ MODULES = _modules('ember_optax') + _modules('models')
 
 def test_the_examples_cover_the_public_modules():
   with_examples = [name for name in MODULES if _examples(name)]
-  for name in ('ember_optax._src.transform', 'models.training.setups', 'models.cli'):
+  for name in ('ember_optax._src.transform', 'models.optim.registry', 'models.cli'):
     assert name in with_examples
 
 

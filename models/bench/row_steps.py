@@ -21,7 +21,7 @@ table:
 
 Writes ``row_steps.json`` (strict JSON: the per-step series and their means over the run),
 ``row_steps.md`` and ``row_steps.png`` to ``--out`` (default
-``models/bench/results/row_steps/<point>`` for the full sweep).
+``models/results/row_steps/<point>`` for the full sweep).
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from models.bench import scaling
 from models.cli import ConfigError, option
 from models.data import corpus as data_lib
 from models.nets.gpt import table_labels
+from models.optim.registry import Setup, plot_style
 from models.reporting import results as results_lib
 from models.reporting import tables
 from models.training.config import corpus_option, resolve
 from models.training.loop import Comparison, train_one
-from models.training.setups import Setup
 
 PROG = 'python -m models.bench.row_steps'
-DEFAULT_OUT = Path('models', 'bench', 'results', 'row_steps')
+DEFAULT_OUT = Path('models', 'results', 'row_steps')
 MEASURES = ('moved', 'median_step_per_lr', 'p99_ratio', 'max_ratio')
 
 
@@ -66,7 +66,7 @@ class RowStepsConfig:
     None, "the token tables' own second-moment decay (default: the sweep's b2, 0.999)"
   )
   out: str | None = option(
-    None, 'results folder (default: models/bench/results/row_steps/<point>, with '
+    None, 'results folder (default: models/results/row_steps/<point>, with '
     '-table-b2-<b2> if set, for the full sweep; out/row_steps/<sweep>/... otherwise)',
   )  # fmt: skip
   text: str | None = corpus_option('text')
@@ -249,8 +249,6 @@ def plot(runs: Sequence[dict], path: Path, title: str) -> None:
   """The median row step per unit rate and the p99 row ratio against the step, per table."""
   import matplotlib.pyplot as plt
 
-  from models.reporting.plots import COLORS
-
   names = list(dict.fromkeys(name for run in runs for name in run['tables']))
   fig, axes = plt.subplots(len(names), 2, figsize=(11, 3.6 * len(names)), squeeze=False)
   styles = ['-', '--', ':', '-.']
@@ -259,11 +257,12 @@ def plot(runs: Sequence[dict], path: Path, title: str) -> None:
     for run in runs:
       series = run['tables'][name]['series']
       steps = series['step']
-      parsed = Setup.parse(run['setup'])
       label = f'{run["setup"]} lr {run["lr"]:g}'
       style = styles[lrs.index(run['lr']) % len(styles)]
       for ax, measure in zip(row, ('median_step_per_lr', 'p99_ratio'), strict=True):
-        ax.plot(steps, series[measure], style, color=COLORS[parsed.tables], label=label, lw=1.1)
+        ax.plot(
+          steps, series[measure], style, color=plot_style(run['setup'])[0], label=label, lw=1.1
+        )
     row[0].set_ylabel(f'{name}\nmedian row step / lr')
     row[1].set_ylabel('p99 row step / median row step')
     row[1].set_yscale('log')

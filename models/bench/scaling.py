@@ -25,7 +25,7 @@ At ``table_rate_points`` each pair of Ember and Adam tables beside the same body
 tables' rate alone, the body at the best rate of Adam tables beside it (``<point>/table_rates/``).
 
 Every finished run is kept as JSON in ``<out>/<point>/runs/`` (committed under
-``models/bench/results/bench_scaling/``), so the sweep resumes from them on any machine; an
+``models/results/bench_scaling/``), so the sweep resumes from them on any machine; an
 unfinished run resumes from its Orbax checkpoint in ``--checkpoint-dir`` on the same machine.
 After each point, and with ``--summarize``, the benchmark rewrites ``scaling.json`` (strict JSON),
 ``scaling.md`` and the PNGs in ``--out`` from every saved run.
@@ -43,20 +43,22 @@ import jax
 import numpy as np
 
 from models import cli
-from models.bench import quality
 from models.cli import ConfigError, option
 from models.data import corpus as data_lib
 from models.nets.gpt import GPT, GPTConfig
+from models.optim.registry import Setup, default_setups, plot_style
 from models.reporting import results as results_lib
+from models.reporting import search as search_report
 from models.reporting import stats, tables
 from models.training import checkpoints as checkpoints_lib
+from models.training import search
 from models.training.config import corpus_option
 from models.training.presets import PRESETS, Preset
-from models.training.setups import Setup
 
 PROG = 'python -m models.bench.scaling'
-DEFAULT_OUT = Path('models', 'bench', 'results', 'bench_scaling')
-TABLE_PEERS = ('adamw', 'rowwise', 'adafactor')
+DEFAULT_OUT = Path('models', 'results', 'bench_scaling')
+# Ember's peers on the tables: every other table optimizer the sweep compares.
+TABLE_PEERS = tuple(name for name in default_setups('scaling') if name != 'ember')
 MUON_PAIR = ('ember+muon', 'adamw+muon')
 TABLE_RATES = 'table_rates'  # A point's sub-folder of its tables-only rate sweeps.
 # (Ember tables, Adam tables) beside each body: the table-rate sweeps compare within a pair.
@@ -206,7 +208,7 @@ SWEEPS: dict[str, Sweep] = {
     muon_lr_ratio=2.0,
     table_rate_points=('d128-b8', 'd128-b64'),
     table_rate_ratios=(0.25, 0.5, 1.0),
-    setups=('adamw', 'ember', 'rowwise', 'adafactor'),
+    setups=default_setups('scaling'),
     seq_len=128,
     vocab_size=8192,
     eval_sequences=512,
@@ -274,7 +276,7 @@ class ScalingConfig:
   )
   out: str | None = option(
     None,
-    'results folder: runs, tables and plots (default: models/bench/results/bench_scaling for '
+    'results folder: runs, tables and plots (default: models/results/bench_scaling for '
     'the full sweep, out/bench_scaling/<preset> otherwise)',
   )
   checkpoint_dir: str = option(
@@ -289,7 +291,7 @@ def point_config(sweep: Sweep, point: Point, config: ScalingConfig, out: Path):
   """The quality benchmark's settings of ``point``, and the folder of its saved runs."""
   preset = sweep.preset(point)
   centre = preset.lr
-  bench = quality.QualityConfig(
+  bench = search.SearchConfig(
     preset=point.size,
     setups=point.setups,
     seeds=sweep.grid_seeds,
@@ -347,7 +349,7 @@ def run_table_rates(
   if point_status(sweep, point, runs) != 'complete':
     return
   best = {
-    s: quality.best_learning_rate([r for r in runs if r['setup'] == s], 'lr') for s in point.setups
+    s: search.best_learning_rate([r for r in runs if r['setup'] == s], 'lr') for s in point.setups
   }
   runs_dir = out / point.name / TABLE_RATES / 'runs'
   for setup, body_lr in body_rates(point, best).items():
@@ -355,10 +357,10 @@ def run_table_rates(
     runs_dir.mkdir(parents=True, exist_ok=True)
     for run in runs:
       if run['setup'] == setup and run['lr'] == body_lr:
-        path = runs_dir / f'{quality.run_name(setup, "table-lr", body_lr, run["seed"])}.json'
+        path = runs_dir / f'{search.run_name(setup, "table-lr", body_lr, run["seed"])}.json'
         if not path.exists():
           results_lib.write_json(path, run, indent=None)
-    quality.run_benchmark(bench, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
+    search.run_search(bench, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
 
 
 def out_folder(config: ScalingConfig) -> Path:
@@ -390,7 +392,7 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
     for grid in dict.fromkeys(sweep.grid_for(point, s) for s in point.setups):
       setups = tuple(s for s in point.setups if sweep.grid_for(point, s) == grid)
       grown = dataclasses.replace(bench, setups=setups, lrs=grid)
-      quality.run_benchmark(grown, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
+      search.run_search(grown, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
     while True:  # Widen each grid to the span of every setup's best, until the span holds still.
       runs = load_runs(runs_dir)
       span = shared_span(sweep, point, runs)
@@ -405,7 +407,7 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
           grid = {r['lr'] for r in runs if r['setup'] == setup} | rates
           log(f'[scaling] {point.name}: {setup} also at {sorted(rates)}, the span of the bests')
           widened = dataclasses.replace(bench, setups=(setup,), lrs=tuple(sorted(grid)))
-          quality.run_benchmark(
+          search.run_search(
             widened, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir
           )
     if point.name in sweep.table_rate_points:
@@ -473,7 +475,7 @@ def shared_span(sweep: Sweep, point: Point, runs: Sequence[dict]) -> dict[str, s
   bests: dict[str, list[float]] = {}
   for setup in point.setups:
     if mine := [r for r in runs if r['setup'] == setup]:
-      bests.setdefault(Setup.parse(setup).body, []).append(quality.best_learning_rate(mine, 'lr'))
+      bests.setdefault(Setup.parse(setup).body, []).append(search.best_learning_rate(mine, 'lr'))
   # A rate some run already used stands for its lattice point, so that floats compare equal.
   used = sorted({r['lr'] for r in runs})
   spans = {}
@@ -497,7 +499,7 @@ def grid_status(sweep: Sweep, start: dict[str, set[float]], runs: Sequence[dict]
     lrs = sorted({r[key] for r in mine})
     if not start_grid <= set(lrs):
       return 'partial'
-    best = quality.best_learning_rate(mine, key)
+    best = search.best_learning_rate(mine, key)
     grown_low = sum(lr < min(start_grid) for lr in lrs)
     grown_high = sum(lr > max(start_grid) for lr in lrs)
     if (best == lrs[0] and grown_low < sweep.extend) or (
@@ -531,8 +533,8 @@ def summarize(sweep: Sweep, config: ScalingConfig, out: Path, verbose: bool = Tr
     }
     if runs:
       settings = results_lib.read_json(folder / 'runs' / checkpoints_lib.SETTINGS_FILE)
-      summary = quality.summarize_benchmark(dataclasses.asdict(bench), settings, runs)
-      quality.report(summary, folder, verbose=False)
+      summary = search.summarize_search(dataclasses.asdict(bench), settings, runs)
+      search_report.report(summary, folder, verbose=False)
       best = summary['best']
       at_best = {
         s: [r for r in runs if r['setup'] == s and r['lr'] == best[s]['best_lr']] for s in best
@@ -616,8 +618,8 @@ def summarize_table_rates(
     bench, setups=tuple(body_lrs), lr_for=body_lrs, lrs=tuple(sorted(set.union(*start.values())))
   )
   settings = results_lib.read_json(folder / 'runs' / checkpoints_lib.SETTINGS_FILE)
-  summary = quality.summarize_benchmark(dataclasses.asdict(bench), settings, runs)
-  quality.report(summary, folder, verbose=False)
+  summary = search.summarize_search(dataclasses.asdict(bench), settings, runs)
+  search_report.report(summary, folder, verbose=False)
   at_best = {
     s: [r for r in runs if r['setup'] == s and r['table_lr'] == b['best_lr']]
     for s, b in summary['best'].items()
@@ -782,8 +784,6 @@ def plot_all(sweep: Sweep, result: dict, out: Path) -> None:
   import matplotlib
   import matplotlib.pyplot as plt
 
-  from models.reporting.plots import COLORS
-
   points = result['points']
   size_axis = [f'{size}-b{sweep.base_batch}' for size in sweep.sizes]
   batch_axis = [f'{sweep.base_size}-b{b}' for b in sweep.batches]
@@ -813,7 +813,7 @@ def plot_all(sweep: Sweep, result: dict, out: Path) -> None:
         lo.append(values['mean'] - values['ci95'][0])
         hi.append(values['ci95'][1] - values['mean'])
       if xs:
-        color = COLORS[Setup.parse(peer).tables]
+        color = plot_style(peer)[0]
         style = '--' if key == 'paired_muon' else '-'
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt='o' + style, color=color, capsize=3, label=label)
     ax.axhline(0.0, color='black', lw=0.8)
@@ -840,9 +840,8 @@ def plot_all(sweep: Sweep, result: dict, out: Path) -> None:
     ys = [
       points[n]['best'][setup]['best_lr'] for n in batch_axis if setup in points[n].get('best', {})
     ]
-    parsed = Setup.parse(setup)
-    style = '--' if parsed.body == 'muon' else '-'
-    ax.plot(xs, ys, 'o' + style, color=COLORS[parsed.tables], label=setup)
+    color, style = plot_style(setup)
+    ax.plot(xs, ys, 'o' + style, color=color, label=setup)
   ax.set_xscale('log', base=2)
   ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
   ax.set_yscale('log', base=2)
@@ -870,7 +869,6 @@ def plot_all(sweep: Sweep, result: dict, out: Path) -> None:
 
 
 def _plot_point_curves(ax, runs_dir: Path, best: dict) -> None:
-  from models.reporting.plots import COLORS
 
   runs = load_runs(runs_dir)
   late = []
@@ -880,10 +878,9 @@ def _plot_point_curves(ax, runs_dir: Path, best: dict) -> None:
     if not curves or len({c.shape for c in curves}) != 1:
       continue
     mean = np.mean(curves, axis=0)
-    parsed = Setup.parse(setup)
-    style = '--' if parsed.body == 'muon' else '-'
-    ax.plot(mean[:, 0], mean[:, 1], style, color=COLORS[parsed.tables], label=setup, lw=1.2)
-    ax.plot(mean[-1, 0], mean[-1, 1], '*', color=COLORS[parsed.tables], ms=9)
+    color, style = plot_style(setup)
+    ax.plot(mean[:, 0], mean[:, 1], style, color=color, label=setup, lw=1.2)
+    ax.plot(mean[-1, 0], mean[-1, 1], '*', color=color, ms=9)
     late.extend(mean[1:, 1])
   if late:
     ax.set_ylim(min(late) - 0.05, np.percentile(late, 75) + 0.3)

@@ -4,7 +4,7 @@ Each optimizer takes the same batch's row gradients (a batch of ``8 x 128`` toke
 distributed, hashed over the table's ``M`` rows as an n-gram table hashes them) and updates a
 ``(M, D)`` table in one jitted step with the table and the state donated:
 
-* ``sparse_ember`` and ``sparse_rowwise`` (``models.training.rowwise``, row-wise RMSprop with lazy
+* ``sparse_ember`` and ``sparse_rowwise`` (``models.optim.rowwise``, row-wise RMSprop with lazy
   decay) take the row gradients and update the touched rows;
 * ``ember`` and ``adamw`` (``optax.adamw``) take the dense gradient JAX builds for ``table[ids]``:
   the row gradients scattered into a ``(M, D)`` zero table, inside the timed step.
@@ -38,9 +38,9 @@ import ember_optax
 from models import cli
 from models.bench.memory.step_memory import StepMemory
 from models.cli import option
+from models.optim import rowwise
 from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
-from models.training import rowwise
 from models.training import step as step_lib
 
 PROG = 'python -m models.bench.sparse'
@@ -73,7 +73,7 @@ class SparseBenchConfig:
   )
   optimizers: tuple[str, ...] = option(OPTIMIZERS, 'optimizers to compare', choices=OPTIMIZERS)
   out: str | None = option(
-    'models/bench/results/bench_sparse', "folder for bench_sparse.json and .md ('' for none)"
+    'models/results/bench_sparse', "folder for bench_sparse.json and .md ('' for none)"
   )
 
 

@@ -8,7 +8,7 @@ and writes the table once: it is the memory-bandwidth yardstick. Ember's
 statistics read the gradient twice on a CPU (XLA fuses no row and column
 reduction into one pass) and its update once more: 5/3 of SGD; fused AdamW's
 7/3. The single-table transforms are the table optimizers of
-``models.training.setups``; the whole-train-step comparison builds the main
+``models.optim.registry``; the whole-train-step comparison builds the main
 job's ``adamw`` and ``ember`` setups with the GPT's own table labels, so it is
 measured on the main job's routing.
 
@@ -35,9 +35,9 @@ from ember_optax.diagnostics import tree_bytes
 from models import cli
 from models.cli import option
 from models.nets import gpt
+from models.optim import registry
 from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
-from models.training import setups
 from models.training import step as step_lib
 from models.training.presets import PRESETS
 
@@ -46,11 +46,16 @@ DEFAULT_SHAPES = ('32768x512', '50304x768', '131072x1024')
 DEFAULT_DTYPES = ('float32', 'bfloat16')
 DTYPES = ('float32', 'bfloat16', 'float16')
 LEARNING_RATE = 1e-3
-TABLE_OPTIMIZERS = ('ember', 'adamw', 'adafactor', 'rowwise')
+# The registry's timed table optimizers, Ember first: every ratio is Ember's over another's.
+TABLE_OPTIMIZERS = ('ember', *(n for n in registry.default_setups('step') if n != 'ember'))
 
-# Table-sized memory accesses per step of each optimizer when fully fused.
-TABLE_ACCESSES = {'ember': 5, 'adamw': 7, 'adafactor': 4, 'rowwise': 4, 'sgd': 3}
-RATIOS = ('ember/adamw', 'ember/adafactor', 'ember/rowwise', 'ember/sgd')
+# Table-sized memory accesses per step of each optimizer when fully fused; SGD reads the gradient
+# and the table and writes the table.
+TABLE_ACCESSES = {
+  **{name: registry.TABLE_OPTIMIZERS[name].table_accesses for name in TABLE_OPTIMIZERS},
+  'sgd': 3,
+}
+RATIOS = tuple(f'ember/{name}' for name in (*TABLE_OPTIMIZERS[1:], 'sgd'))
 
 # HBM bandwidth (bytes/s) of accelerators we report against.
 PEAK_BANDWIDTH = {
@@ -106,10 +111,10 @@ class StepBenchConfig:
 
 def optimizers(shape: tuple[int, ...]) -> dict[str, optax.GradientTransformation]:
   """The table optimizers of the main job's setups, and plain SGD, for a table of ``shape``."""
-  hyper = setups.Hyperparameters()
+  hyper = registry.Hyperparameters()
   vocab_size = shape[-2]
   table = {
-    name: setups.table_optimizer(name, LEARNING_RATE, hyper, vocab_size)
+    name: registry.table_optimizer(name, LEARNING_RATE, hyper, vocab_size)
     for name in TABLE_OPTIMIZERS
   }
   return {**table, 'sgd': optax.sgd(LEARNING_RATE)}
@@ -179,7 +184,7 @@ def bench_train_step(preset: str, rounds: int) -> dict[str, float]:
   for name in ('adamw', 'ember'):
     graphdef, params = nnx.split(gpt.GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
     labels = gpt.table_labels(params, config)
-    tx = setups.make_optimizer(setups.Setup(name), labels, learning_rate=LEARNING_RATE)
+    tx = registry.make_optimizer(registry.Setup(name), labels, learning_rate=LEARNING_RATE)
     step = jax.jit(step_lib.train_step(graphdef, tx), donate_argnums=(0, 1))
     runs[name] = {'step': step, 'carry': (params, tx.init(params)), 'times': []}
   for round_index in range(rounds + 2):

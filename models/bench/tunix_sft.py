@@ -35,12 +35,12 @@ import ember_optax
 from models import cli, sft
 from models.cli import ConfigError, option
 from models.nets.gpt import table_labels
+from models.optim.registry import Setup
 from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
 from models.training import step as step_lib
 from models.training.config import resolve
 from models.training.loop import Comparison
-from models.training.setups import Setup
 
 PROG = 'python -m models.bench.tunix_sft'
 

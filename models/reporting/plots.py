@@ -7,20 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.training.setups import Setup
-
-# One colour per table optimizer; a Muon body is drawn dashed.
-COLORS = {
-  'adamw': 'tab:blue',
-  'ember': 'tab:red',
-  'adafactor': 'tab:green',
-  'rowwise': 'tab:purple',
-  'frozen': 'tab:gray',
-}
+from models.optim.registry import plot_style
 
 
 def plot_curves(runs: Sequence[dict], path: Path | None = None, title: str = ''):
-  """Training loss (smoothed) and validation loss against step, one colour per setup.
+  """Training loss (smoothed) and validation loss against step, each setup in its registry style.
 
   Validation points along the way use an evenly spread eighth of the validation batches; the
   last point of each curve (a star) is the final evaluation on all of them, the number the
@@ -35,8 +26,7 @@ def plot_curves(runs: Sequence[dict], path: Path | None = None, title: str = '')
   fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2))
   labelled = set()
   for r in runs:
-    setup = Setup.parse(r['setup'])
-    color, style = COLORS.get(setup.tables), '-' if setup.body == 'adamw' else '--'
+    color, style = plot_style(r['setup'])
     label = r['setup'] if r['setup'] not in labelled else None
     labelled.add(r['setup'])
     if not r['train_loss_curve']:

@@ -100,3 +100,50 @@ def format_paired(paired: dict, reference: str = 'ember') -> str:
       for setup, d in paired.items()
     ),
   )
+
+
+def format_grid(grid: dict, best: dict, key: str) -> str:
+  """Markdown table: mean ± std of the final validation loss of every setup at every point, each
+  setup's best (``best[setup]["best_lr"]``) in bold."""
+  lrs = sorted({lr for by_lr in grid.values() for lr in by_lr})
+  rows = []
+  for setup, by_lr in grid.items():
+    best_lr = best[setup]['best_lr']
+    cells = []
+    for lr in lrs:
+      if lr not in by_lr:
+        cells.append('')
+        continue
+      cell = format_loss(by_lr[lr]['final_val_loss'])
+      cells.append(f'**{cell}**' if lr == best_lr else cell)
+    rows.append([setup, *cells])
+  name = 'lr' if key == 'lr' else 'table lr'
+  return markdown_table(['setup'] + [f'{name} {lr:g}' for lr in lrs], rows)
+
+
+def format_best(best: dict, key: str) -> str:
+  """Markdown table: each setup at its own best learning rate, mean ± std over seeds."""
+  header = (
+    'setup',
+    'best lr (body / tables)',
+    'seeds',
+    'final val loss',
+    'rare-token val loss',
+    'opt. state, tables',
+    'opt. state, model',
+  )
+  return markdown_table(
+    header,
+    (
+      (
+        setup,
+        f'{s["lr"]:g} / {s["table_lr"]:g}' + (' (grid edge)' if s['lr_on_grid_edge'] else ''),
+        str(len(s['seeds'])),
+        format_loss(s['final_val_loss']),
+        format_loss(s['rare_val_loss']),
+        format_bytes(s['table_state_bytes']),
+        format_bytes(s['model_state_bytes']),
+      )
+      for setup, s in best.items()
+    ),
+  )

@@ -18,11 +18,11 @@ import optax
 from models.cli import ConfigError, flag, option
 from models.data import corpus as data_lib
 from models.nets.gpt import GPTConfig
+from models.optim.registry import BODIES, TABLE_OPTIMIZERS, Hyperparameters, Setup, default_setups
 from models.training.presets import PRESETS, Preset
-from models.training.setups import BODIES, TABLE_OPTIMIZERS, Hyperparameters, Setup
 
 # The main job's comparison: the body always gets AdamW; the setups differ on the token tables.
-DEFAULT_SETUPS = ('adamw', 'ember', 'adafactor')
+DEFAULT_SETUPS = default_setups('train')
 
 
 # The corpus's two flags, shared by every program that loads it.

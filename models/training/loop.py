@@ -27,7 +27,7 @@ import optax
 from ember_optax.diagnostics import tree_bytes
 from models.data import corpus as data_lib
 from models.nets.gpt import GPT, count_params, table_labels
-from models.training import setups as setups_lib
+from models.optim import registry
 from models.training import step as step_lib
 from models.training.checkpoints import RunCheckpoints
 from models.training.config import Plan
@@ -119,7 +119,7 @@ class Comparison:
 
   def optimizer(
     self,
-    setup: setups_lib.Setup | str,
+    setup: registry.Setup | str,
     learning_rates: tuple[float, float] | None = None,
   ) -> optax.GradientTransformation:
     """``setup``'s optimizer for this GPT, routed by the model's own table labels.
@@ -136,11 +136,11 @@ class Comparison:
     """
     plan = self.plan
     if isinstance(setup, str):
-      setup = setups_lib.Setup.parse(setup)
+      setup = registry.Setup.parse(setup)
     if learning_rates is None:
       learning_rates = plan.learning_rates[setup.name]
     body_peak, table_peak = learning_rates
-    return setups_lib.make_optimizer(
+    return registry.make_optimizer(
       setup,
       functools.partial(table_labels, config=plan.model),
       learning_rate=plan.schedule(body_peak),
@@ -160,7 +160,7 @@ def params_digest(params) -> str:
 
 def train_one(
   comparison: Comparison,
-  setup: setups_lib.Setup,
+  setup: registry.Setup,
   seed: int,
   learning_rates: tuple[float, float] | None = None,
   checkpoints: RunCheckpoints | None = None,
@@ -197,7 +197,7 @@ def train_one(
   tx = comparison.optimizer(setup, learning_rates)
   opt_state = tx.init(params)
   state_bytes = {
-    'table_state_bytes': setups_lib.table_state_bytes(opt_state, table_labels(params, plan.model)),
+    'table_state_bytes': registry.table_state_bytes(opt_state, table_labels(params, plan.model)),
     'model_state_bytes': tree_bytes(opt_state),
   }
   train_step = jax.jit(step_lib.train_step(graphdef, tx))

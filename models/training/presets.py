@@ -1,4 +1,10 @@
-"""Named model sizes, each with the training settings that suit it."""
+"""Every model size of the programs, by name, and the presets: a size with the training settings
+that suit it.
+
+:data:`SIZES` is the one table of GPT shapes: the presets, the scaling sweep and every program
+name their models from it. A program's per-size defaults live in the size's :class:`Preset`, beside
+the size, not in the program.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +40,23 @@ class Preset:
   vocab_size: int = 8192
 
 
+SIZES: dict[str, GPTConfig] = {
+  'tiny': GPTConfig(max_len=64, d_model=64, n_layers=2, n_heads=2, d_ff=192),
+  'small': GPTConfig(max_len=128, d_model=128, n_layers=4, n_heads=4, d_ff=384),
+  'medium': GPTConfig(max_len=256, d_model=384, n_layers=6, n_heads=6, d_ff=1536),
+  'large': GPTConfig(max_len=512, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+  # The scaling sweep's size axis around ``small`` (d_model 128), and its CI sweep's two sizes.
+  'd64': GPTConfig(max_len=128, d_model=64, n_layers=1, n_heads=2, d_ff=192),
+  'd96': GPTConfig(max_len=128, d_model=96, n_layers=2, n_heads=3, d_ff=288),
+  'd192': GPTConfig(max_len=128, d_model=192, n_layers=4, n_heads=6, d_ff=576),
+  't16': GPTConfig(max_len=32, d_model=16, n_layers=1, n_heads=1, d_ff=48),
+  't32': GPTConfig(max_len=32, d_model=32, n_layers=2, n_heads=2, d_ff=96),
+}
+
 PRESETS: dict[str, Preset] = {
   # Seconds on a CPU: the test suite's model.
   'tiny': Preset(
-    model=GPTConfig(max_len=64, d_model=64, n_layers=2, n_heads=2, d_ff=192),
+    model=SIZES['tiny'],
     batch_size=16,
     seq_len=64,
     steps=100,
@@ -50,7 +69,7 @@ PRESETS: dict[str, Preset] = {
   # The main job: three setups in under ten minutes on a 2-core CPU. Learning rate: every
   # setup's best on the quality benchmark's grid is 4e-3 (README, Quality benchmark).
   'small': Preset(
-    model=GPTConfig(max_len=128, d_model=128, n_layers=4, n_heads=4, d_ff=384),
+    model=SIZES['small'],
     batch_size=8,
     seq_len=128,
     steps=600,
@@ -61,7 +80,7 @@ PRESETS: dict[str, Preset] = {
   ),
   # Meant for a GPU/TPU.
   'medium': Preset(
-    model=GPTConfig(max_len=256, d_model=384, n_layers=6, n_heads=6, d_ff=1536),
+    model=SIZES['medium'],
     batch_size=32,
     seq_len=256,
     steps=3000,
@@ -71,7 +90,7 @@ PRESETS: dict[str, Preset] = {
     eval_batches=128,
   ),
   'large': Preset(
-    model=GPTConfig(max_len=512, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    model=SIZES['large'],
     batch_size=32,
     seq_len=512,
     steps=10000,

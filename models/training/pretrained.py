@@ -29,11 +29,11 @@ import orbax.checkpoint as ocp
 
 from models.cli import ConfigError, option
 from models.data import corpus as data_lib
+from models.optim.registry import Setup
 from models.reporting import results as results_lib
 from models.training.config import Plan, TrainConfig, corpus_option, resolve
 from models.training.loop import Comparison, train_one
 from models.training.presets import PRESETS
-from models.training.setups import Setup
 
 PRETRAIN_SETUP = 'adamw'
 INFO_FILE = 'info.json'

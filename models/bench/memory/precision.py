@@ -1,6 +1,6 @@
 """The memory benchmark's setups: the main job's, with float32 statistics, and their state bytes.
 
-The setups are ``models.training.setups``' (the body gets AdamW; they differ on the token tables),
+The setups are ``models.optim.registry``' (the body gets AdamW; they differ on the token tables),
 at a constant learning rate and without clipping, which keep no state of their own.
 
 Precisions: ``float32`` parameters, or ``bfloat16`` parameters (and activations) with float32
@@ -20,10 +20,10 @@ import optax
 
 import ember_optax
 from ember_optax.diagnostics import tree_bytes
-from models.training import setups
+from models.optim import registry
 from models.training.layouts import shard_shapes
 
-SETUPS = ('adamw', 'ember', 'adafactor')
+SETUPS = registry.default_setups('memory')
 PRECISIONS = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 LEARNING_RATE = 1e-3
 
@@ -70,7 +70,7 @@ def float32_statistics_optimizer(name: str, labels: Any) -> optax.GradientTransf
   """The whole-model optimizer of setup ``name``, with float32 statistics.
 
   Args:
-    name: a setup name (``"adamw"``, ``"ember"``, ``"adafactor"``, ...; ``models.training.setups``).
+    name: a setup name (``"adamw"``, ``"ember"``, ``"adafactor"``, ...; ``models.optim.registry``).
     labels: ``"token_table"`` or ``"body"`` (the rest) per parameter, as
       ``ember_optax.token_table_labels`` or ``models.nets.published.table_labels`` give them.
 
@@ -78,10 +78,10 @@ def float32_statistics_optimizer(name: str, labels: Any) -> optax.GradientTransf
     The optimizer, wrapped in :func:`float32_statistics`.
   """
   try:
-    setup = setups.Setup.parse(name)
+    setup = registry.Setup.parse(name)
   except ValueError as error:
     raise ValueError(f'setup {name!r}: {error}') from None
-  return float32_statistics(setups.make_optimizer(setup, labels, learning_rate=LEARNING_RATE))
+  return float32_statistics(registry.make_optimizer(setup, labels, learning_rate=LEARNING_RATE))
 
 
 class StateBytes(NamedTuple):
@@ -97,7 +97,7 @@ def optimizer_state_bytes(
   """Optimizer-state bytes of setup ``name`` on ``params``: the token tables' and the model's.
 
   Computed from shapes alone (``jax.eval_shape``), so ``params`` may be abstract; exact on every
-  backend. The tables' share is ``models.training.setups.table_state_bytes`` of the state:
+  backend. The tables' share is ``models.optim.registry.table_state_bytes`` of the state:
   AdamW's moments of the table leaves, or the state of the branch that optimizes the tables
   (Ember's or Adafactor's, step count included). Counts shared by the whole model (AdamW's)
   are in ``model`` only.
@@ -123,4 +123,4 @@ def optimizer_state_bytes(
   state = jax.eval_shape(float32_statistics_optimizer(name, labels).init, params)
   if param_shardings is not None:
     state = shard_shapes(state, ember_optax.state_shardings(state, param_shardings))
-  return StateBytes(setups.table_state_bytes(state, labels), tree_bytes(state))
+  return StateBytes(registry.table_state_bytes(state, labels), tree_bytes(state))

@@ -23,7 +23,7 @@ assignment; a GPU or TPU compiler fuses and schedules differently, so take them 
 
 Run::
 
-  python -m models.bench.memory --out models/bench/results/bench_memory
+  python -m models.bench.memory --out models/results/bench_memory
   python -m models.bench.memory --models gpt2 --precisions bfloat16 --devices 0
 """
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from models.bench import quality, scaling
+from models.bench import scaling
 from models.reporting import results
 
 
@@ -27,18 +27,6 @@ def test_the_full_sweep_spans_the_axes_it_promises():
   for batch in batches:
     assert tokens[f'd128-b{batch}'] == pytest.approx(tokens['d128-b8'], rel=0.02)
   assert tokens['d64-b8'] < tokens['d96-b8'] < tokens['d128-b8'] < tokens['d192-b8']
-
-
-def test_best_learning_rate_judges_every_point_on_the_same_seeds():
-  runs = [
-    {'setup': 'ember', 'lr': 1e-3, 'seed': 0, 'final_val_loss': 4.0},
-    {'setup': 'ember', 'lr': 2e-3, 'seed': 0, 'final_val_loss': 4.1},
-    # Seeds added at 2e-3 alone must not move the choice, however low they are.
-    {'setup': 'ember', 'lr': 2e-3, 'seed': 1, 'final_val_loss': 3.0},
-  ]
-  assert quality.best_learning_rate(runs, 'lr') == 1e-3
-  diverged = [{**runs[0], 'final_val_loss': None}, runs[1]]
-  assert quality.best_learning_rate(diverged, 'lr') == 2e-3
 
 
 def test_a_point_whose_best_is_on_an_edge_it_may_still_grow_is_partial():

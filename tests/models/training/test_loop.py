@@ -94,9 +94,9 @@ def test_a_run_may_start_from_given_params_on_other_batches(tiny_config):
   and report ``extra_evals``; every setup of a seed still sees the same batches."""
   from flax import nnx
 
+  from models.optim.registry import Setup
   from models.training import step as step_lib
   from models.training.loop import train_one
-  from models.training.setups import Setup
 
   config = dataclasses.replace(tiny_config, setups=('ember',), seeds=(0,), steps=3)
   plan = resolve(config)

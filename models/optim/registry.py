@@ -1,0 +1,391 @@
+"""The registry of the comparisons' optimizers: table optimizers, bodies, and their setups.
+
+A setup is data, ``Setup(tables, body)``, named ``"ember"`` (Ember tables, AdamW body) or
+``"ember+muon"`` (Ember tables, Muon body). Every program, plot and benchmark reads the two
+registries below, :data:`TABLE_OPTIMIZERS` and :data:`BODIES`: an entry knows how to build its
+transform, its colour (or line style) and label in plots, the state it keeps per table, and in
+which comparisons it takes part by default. Adding an optimizer to every comparison is one entry
+here (and its test in ``tests/models/optim/test_registry.py``). Each program builds its optimizer
+with :func:`make_optimizer`, from the model's own table labels (``"token_table"`` / ``"body"``, as
+``ember_optax.token_table_labels`` gives them), so the setups differ only where they say they do.
+
+Table optimizers:
+
+* ``adamw``: ``optax.adamw``.
+* ``ember``: ``ember_optax.ember``.
+* ``adafactor``: ``optax.adafactor`` with ``multiply_by_parameter_scale=False``, so that its
+  learning rate is a step size as AdamW's and Ember's are; its other settings are optax's defaults
+  (no momentum, update clipping at 1, ``decay_rate=0.8``).
+* ``rowwise``: row-wise RMSprop (``models.optim.rowwise``): one statistic per token.
+* ``frozen``: no update (``optax.set_to_zero``), for fine-tuning baselines.
+
+Bodies: ``adamw`` (``optax.adamw``), ``muon`` (``optax.contrib.muon`` with
+``consistent_rms=0.2``, which scales its orthogonalized updates to AdamW's typical RMS so that one
+learning rate suits both bodies; its non-matrix parameters get its internal AdamW) and ``frozen``
+(no update: tables-only fine-tuning, ``"ember+frozen"``). The tables are never in the body's
+optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any
+
+import optax
+
+import ember_optax
+from ember_optax.diagnostics import state_bytes_by_group
+from models.optim import rowwise
+
+# How Muon's orthogonalized updates are scaled: to the RMS of a typical AdamW update.
+MUON_CONSISTENT_RMS = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameters:
+  """The settings every setup shares.
+
+  Attributes:
+    b1: AdamW's first-moment decay (the body's, and the tables' under ``adamw``).
+    b2: second-moment decay of AdamW, Ember and row-wise RMSprop.
+    table_b2: the tables' own second-moment decay (``None``: ``b2``), for AdamW, Ember and
+      row-wise RMSprop tables.
+    eps: their epsilon.
+    weight_decay: decoupled weight decay of every group (none under ``frozen``).
+    clip_norm: clip the whole gradient to this global norm first; 0 turns clipping off.
+  """
+
+  b1: float = 0.9
+  b2: float = 0.999
+  table_b2: float | None = None
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  clip_norm: float = 0.0
+
+  @property
+  def tables_b2(self) -> float:
+    """The tables' second-moment decay: ``table_b2``, else ``b2``."""
+    return self.b2 if self.table_b2 is None else self.table_b2
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A table optimizer and a body optimizer.
+
+  Example:
+    >>> Setup.parse('ember+muon')
+    Setup(tables='ember', body='muon')
+    >>> Setup('rowwise').name
+    'rowwise'
+  """
+
+  tables: str
+  body: str = 'adamw'
+
+  def __post_init__(self):
+    if self.tables not in TABLE_OPTIMIZERS:
+      raise ValueError(
+        f'unknown table optimizer {self.tables!r}; choose from {", ".join(TABLE_OPTIMIZERS)}'
+      )
+    if self.body not in BODIES:
+      raise ValueError(f'unknown body optimizer {self.body!r}; choose from {", ".join(BODIES)}')
+    if self.tables == self.body == 'frozen':
+      raise ValueError('frozen+frozen trains nothing; freeze the tables or the body, not both')
+
+  @property
+  def name(self) -> str:
+    """``tables`` with an AdamW body, else ``tables+body``."""
+    return self.tables if self.body == 'adamw' else f'{self.tables}+{self.body}'
+
+  @classmethod
+  def parse(cls, name: str) -> Setup:
+    """The setup named ``tables`` or ``tables+body``; raises ``ValueError`` naming the choices."""
+    tables, _, body = name.partition('+')
+    return cls(tables, body or 'adamw')
+
+
+def _adamw_tables(
+  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
+) -> optax.GradientTransformation:
+  del vocab_size
+  return optax.adamw(
+    learning_rate, b1=hyper.b1, b2=hyper.tables_b2, eps=hyper.eps, weight_decay=hyper.weight_decay
+  )
+
+
+def _ember_tables(
+  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
+) -> optax.GradientTransformation:
+  del vocab_size
+  return ember_optax.ember(
+    learning_rate, b2=hyper.tables_b2, eps=hyper.eps, weight_decay=hyper.weight_decay
+  )
+
+
+def _adafactor_tables(
+  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
+) -> optax.GradientTransformation:
+  del vocab_size
+  wd = hyper.weight_decay
+  # optax's Adafactor does not multiply its weight decay by the learning rate; passing
+  # weight_decay * lr(t) as the (scheduled) rate makes it the same decoupled decay as AdamW's.
+  schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+  return optax.adafactor(
+    learning_rate,
+    multiply_by_parameter_scale=False,
+    weight_decay_rate=(lambda count: wd * schedule(count)) if wd else None,
+  )
+
+
+def _rowwise_tables(
+  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
+) -> optax.GradientTransformation:
+  if vocab_size is None:
+    raise ValueError('the rowwise table optimizer needs vocab_size to find each token axis')
+  return rowwise.rowwise(
+    learning_rate, vocab_size, b2=hyper.tables_b2, eps=hyper.eps, weight_decay=hyper.weight_decay
+  )
+
+
+def _frozen(learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, *unused: Any):
+  del learning_rate, hyper, unused
+  return optax.set_to_zero()
+
+
+def _adamw_body(
+  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters
+) -> optax.GradientTransformation:
+  return optax.adamw(
+    learning_rate, b1=hyper.b1, b2=hyper.b2, eps=hyper.eps, weight_decay=hyper.weight_decay
+  )
+
+
+def _muon_body(
+  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters
+) -> optax.GradientTransformation:
+  return optax.contrib.muon(
+    learning_rate,
+    weight_decay=hyper.weight_decay,
+    adam_b1=hyper.b1,
+    adam_b2=hyper.b2,
+    adam_weight_decay=hyper.weight_decay,
+    consistent_rms=MUON_CONSISTENT_RMS,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class TableOptimizer:
+  """A table optimizer of the comparisons: how to build it, draw it and count its state.
+
+  Attributes:
+    name: its name in setups (``"ember"``, ``"ember+muon"``) and on the command line.
+    label: what it is, for legends and tables.
+    color: its colour in every plot (a Matplotlib colour).
+    build: ``build(learning_rate, hyper, vocab_size)``, its Optax transform for the tables.
+    state: the numbers it keeps for one ``(V, D)`` table, as the READMEs write them.
+    state_numbers: ``state_numbers(V, D)``, that count (its step count included).
+    comparisons: the programs that compare it by default (:data:`COMPARISONS`).
+    trains: False for a baseline that does not update the tables (``frozen``).
+    table_accesses: table-sized memory reads and writes of one fused step (the step
+      benchmark's bandwidth yardstick); ``None``: not timed there.
+  """
+
+  name: str
+  label: str
+  color: str
+  build: Callable[[optax.ScalarOrSchedule, Hyperparameters, int | None], Any]
+  state: str
+  state_numbers: Callable[[int, int], int]
+  comparisons: tuple[str, ...] = ()
+  trains: bool = True
+  table_accesses: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Body:
+  """A body optimizer (everything but the token tables).
+
+  Attributes:
+    name: its name after the ``+`` of a setup (``"ember+muon"``); ``adamw`` is left unnamed.
+    label: what it is, for legends and tables.
+    line_style: how its setups are drawn in plots (the table optimizer gives the colour).
+    build: ``build(learning_rate, hyper)``, its Optax transform.
+  """
+
+  name: str
+  label: str
+  line_style: str
+  build: Callable[[optax.ScalarOrSchedule, Hyperparameters], Any]
+
+
+# The programs whose default setups the registry gives (:func:`default_setups`): the main job and
+# the quality benchmark ('train'), the scaling sweep, the memory and step benchmarks, SFT and RL.
+COMPARISONS = ('train', 'scaling', 'memory', 'step', 'sft', 'rl')
+
+
+def _registry(*entries):
+  for entry in entries:
+    unknown = set(getattr(entry, 'comparisons', ())) - set(COMPARISONS)
+    if unknown:
+      raise ValueError(f'{entry.name}: unknown comparisons {sorted(unknown)}; see COMPARISONS')
+  return {entry.name: entry for entry in entries}
+
+
+TABLE_OPTIMIZERS: dict[str, TableOptimizer] = _registry(
+  TableOptimizer(
+    'adamw',
+    'AdamW',
+    'tab:blue',
+    _adamw_tables,
+    state='2·V·D',
+    state_numbers=lambda v, d: 2 * v * d + 1,
+    comparisons=COMPARISONS,
+    table_accesses=7,
+  ),
+  TableOptimizer(
+    'ember',
+    'Ember',
+    'tab:red',
+    _ember_tables,
+    state='V + D + 1',
+    state_numbers=lambda v, d: v + d + 2,
+    comparisons=COMPARISONS,
+    table_accesses=5,
+  ),
+  TableOptimizer(
+    'adafactor',
+    'Adafactor',
+    'tab:green',
+    _adafactor_tables,
+    state='V + D + 1',
+    state_numbers=lambda v, d: v + d + 2,
+    comparisons=('train', 'scaling', 'memory', 'step', 'sft'),
+    table_accesses=4,
+  ),
+  TableOptimizer(
+    'rowwise',
+    'row-wise RMSprop',
+    'tab:purple',
+    _rowwise_tables,
+    state='V',
+    state_numbers=lambda v, d: v + 1,
+    comparisons=('scaling', 'step', 'sft', 'rl'),
+    table_accesses=4,
+  ),
+  TableOptimizer(
+    'frozen',
+    'frozen',
+    'tab:gray',
+    _frozen,
+    state='0',
+    state_numbers=lambda v, d: 0,
+    comparisons=('sft',),
+    trains=False,
+  ),
+)
+
+BODIES: dict[str, Body] = _registry(
+  Body('adamw', 'AdamW body', '-', _adamw_body),
+  Body('muon', 'Muon body', '--', _muon_body),
+  Body('frozen', 'frozen body', ':', _frozen),
+)
+
+
+def default_setups(comparison: str) -> tuple[str, ...]:
+  """The table optimizers that program ``comparison`` (one of :data:`COMPARISONS`) compares by
+  default, in registry order, each beside an AdamW body.
+
+  Example:
+    >>> default_setups('train')
+    ('adamw', 'ember', 'adafactor')
+  """
+  if comparison not in COMPARISONS:
+    raise ValueError(f'unknown comparison {comparison!r}; choose from {", ".join(COMPARISONS)}')
+  return tuple(name for name, entry in TABLE_OPTIMIZERS.items() if comparison in entry.comparisons)
+
+
+def plot_style(setup: str) -> tuple[str, str]:
+  """``(colour, line style)`` of the setup named ``setup``: its tables' colour, its body's line."""
+  parsed = Setup.parse(setup)
+  return TABLE_OPTIMIZERS[parsed.tables].color, BODIES[parsed.body].line_style
+
+
+def table_optimizer(
+  tables: str,
+  learning_rate: optax.ScalarOrSchedule,
+  hyper: Hyperparameters,
+  vocab_size: int | None = None,
+) -> optax.GradientTransformation:
+  """The transform of table optimizer ``tables`` (``vocab_size`` is needed by ``rowwise``)."""
+  if tables not in TABLE_OPTIMIZERS:
+    raise ValueError(
+      f'unknown table optimizer {tables!r}; choose from {", ".join(TABLE_OPTIMIZERS)}'
+    )
+  return TABLE_OPTIMIZERS[tables].build(learning_rate, hyper, vocab_size)
+
+
+def body_optimizer(
+  body: str, learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters
+) -> optax.GradientTransformation:
+  """The transform of body optimizer ``body``."""
+  if body not in BODIES:
+    raise ValueError(f'unknown body optimizer {body!r}; choose from {", ".join(BODIES)}')
+  return BODIES[body].build(learning_rate, hyper)
+
+
+def make_optimizer(
+  setup: Setup,
+  labels: Any,
+  learning_rate: optax.ScalarOrSchedule,
+  table_learning_rate: optax.ScalarOrSchedule | None = None,
+  hyper: Hyperparameters = Hyperparameters(),
+  vocab_size: int | None = None,
+) -> optax.GradientTransformation:
+  """The whole-model optimizer of ``setup``: gradient clipping, then the tables' and the body's.
+
+  Args:
+    setup: the table and body optimizers.
+    labels: ``"token_table"`` or ``"body"`` per parameter (a pytree, or a function of the
+      params), as ``ember_optax.token_table_labels`` or the model's ``table_labels`` give them.
+    learning_rate: the body's learning rate (a number or a schedule).
+    table_learning_rate: the tables' (``None``: the body's).
+    hyper: the shared settings.
+    vocab_size: the vocabulary size (``rowwise`` finds each table's token axis by it).
+
+  Returns:
+    The optimizer. AdamW tables beside an AdamW body at the body's learning rate and ``b2`` are
+    one ``optax.adamw`` over every parameter, the plain baseline; otherwise the state of the tables'
+    optimizer is ``optax.partition``'s ``"token_table"`` branch.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> params = {'embed': jnp.zeros((1000, 64)), 'w': jnp.zeros((64, 64))}
+    >>> labels = {'embed': 'token_table', 'w': 'body'}
+    >>> tx = make_optimizer(Setup('ember'), labels, learning_rate=1e-3)
+    >>> state = tx.init(params)
+    >>> table_state_bytes(state, labels)
+    4264
+  """
+  body = body_optimizer(setup.body, learning_rate, hyper)
+  if setup == Setup('adamw') and table_learning_rate is None and hyper.table_b2 is None:
+    optimizer = body
+  else:
+    if table_learning_rate is None:
+      table_learning_rate = learning_rate
+    tables = table_optimizer(setup.tables, table_learning_rate, hyper, vocab_size)
+    optimizer = optax.partition(
+      {ember_optax.TABLE_LABEL: tables, ember_optax.BODY_LABEL: body}, labels
+    )
+  if hyper.clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(hyper.clip_norm), optimizer)
+  return optimizer
+
+
+def table_state_bytes(state: Any, labels: Any) -> int:
+  """Bytes of the optimizer state that the token tables alone keep, read from ``state``.
+
+  The ``"token_table"`` branch of the partition (its step count included), or, for one
+  ``optax.adamw`` over every parameter, the moments of the table leaves.
+  """
+  return state_bytes_by_group(state, labels)[ember_optax.TABLE_LABEL]
