@@ -57,7 +57,7 @@ from models.training import grpo, search
 from models.training import step as step_lib
 from models.training.config import TrainConfig, corpus_option, resolve
 from models.training.loop import Comparison, params_digest
-from models.training.presets import PRESETS
+from models.training.presets import PRESETS, RLDefaults
 from models.training.pretrained import PretrainConfig, load_or_pretrain
 
 PROG = 'python -m models.rl'
@@ -67,50 +67,6 @@ DEFAULT_OUT = Path('models', 'results', 'rl')
 TRAIN_PROMPTS = 4096
 # Samples per call of the evaluation's sampler: one compiled shape for every evaluation.
 EVAL_CHUNK = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class Defaults:
-  """A preset's RL settings, where the flags leave them unset."""
-
-  steps: int
-  batches: tuple[str, ...]
-  lrs: tuple[float, ...]
-  best_seeds: tuple[int, ...]
-  extend: int
-  prompt_len: int
-  max_new_tokens: int
-  eval_prompts: int
-  final_eval_prompts: int
-  eval_every: int
-
-
-DEFAULTS = {
-  'tiny': Defaults(
-    steps=4,
-    batches=('2x2',),
-    lrs=(1e-3,),
-    best_seeds=(),
-    extend=0,
-    prompt_len=24,
-    max_new_tokens=8,
-    eval_prompts=8,
-    final_eval_prompts=16,
-    eval_every=2,
-  ),
-  'small': Defaults(
-    steps=60,
-    batches=('2x2', '2x4', '8x8'),
-    lrs=(1e-4, 3e-4, 1e-3),
-    best_seeds=(1, 2),
-    extend=2,
-    prompt_len=64,
-    max_new_tokens=16,
-    eval_prompts=32,
-    final_eval_prompts=128,
-    eval_every=15,
-  ),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,10 +131,10 @@ class RLConfig:
 
   def filled(self) -> RLConfig:
     """The settings with the preset's defaults where none was given."""
-    defaults = DEFAULTS.get(self.preset, DEFAULTS['small'])
+    defaults = PRESETS[self.preset].rl if self.preset in PRESETS else PRESETS['small'].rl
     values = {
       field.name: getattr(defaults, field.name)
-      for field in dataclasses.fields(Defaults)
+      for field in dataclasses.fields(RLDefaults)
       if getattr(self, field.name) is None
     }
     if self.out is None:

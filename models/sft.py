@@ -33,7 +33,6 @@ from collections.abc import Sequence
 import dataclasses
 from pathlib import Path
 import time
-from typing import NamedTuple
 
 from flax import nnx
 import numpy as np
@@ -49,6 +48,7 @@ from models.training import search
 from models.training import step as step_lib
 from models.training.config import resolve
 from models.training.loop import Comparison
+from models.training.presets import PRESETS, FineTuningDefaults
 from models.training.pretrained import PretrainConfig, load_or_pretrain
 
 PROG = 'python -m models.sft'
@@ -65,24 +65,6 @@ SFT_SETUPS = (
 )
 FORGETTING = 'pretrain_val'  # The extra evaluation: the pretraining domain's validation set.
 DEFAULT_OUT = Path('models', 'results', 'sft')
-
-
-class Defaults(NamedTuple):
-  """A preset's fine-tuning settings, where the flags leave them unset."""
-
-  steps: int
-  lrs: tuple[float, ...]
-  best_seeds: tuple[int, ...]
-  extend: int
-
-
-# Fine-tuning rates sit below pretraining's (the small preset pretrains at 4e-3); the grid grows
-# where a best lands on its edge. The tiny preset is CI's: one rate, one seed, a few steps.
-DEFAULTS = {
-  'tiny': Defaults(steps=20, lrs=(3e-3,), best_seeds=(), extend=0),
-  'small': Defaults(steps=300, lrs=(5e-4, 1e-3, 2e-3), best_seeds=(1, 2), extend=2),
-}
-OTHER_PRESETS = Defaults(steps=1000, lrs=(1e-4, 2e-4, 4e-4), best_seeds=(1, 2), extend=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +103,7 @@ class SFTConfig(search.SearchConfig):
 
   def filled(self) -> SFTConfig:
     """The settings with the preset's fine-tuning defaults where none was given."""
-    defaults = DEFAULTS.get(self.preset, OTHER_PRESETS)
+    defaults = PRESETS[self.preset].sft if self.preset in PRESETS else FineTuningDefaults()
     out = self.out
     if out is None:
       out = str(DEFAULT_OUT if self.preset == 'small' else Path('out', 'sft', self.preset))

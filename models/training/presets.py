@@ -14,6 +14,37 @@ from models.nets.gpt import GPTConfig
 
 
 @dataclasses.dataclass(frozen=True)
+class FineTuningDefaults:
+  """A size's supervised fine-tuning settings (``models.sft``), where the flags leave them unset.
+
+  Fine-tuning rates sit below pretraining's; the grid grows where a best lands on its edge.
+  """
+
+  steps: int = 1000
+  lrs: tuple[float, ...] = (1e-4, 2e-4, 4e-4)
+  best_seeds: tuple[int, ...] = (1, 2)
+  extend: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class RLDefaults:
+  """A size's RL settings (``models.rl``), where the flags leave them unset: steps, batches
+  (``PROMPTSxSAMPLES``), the learning-rate grid and its seeds, prompt and completion lengths,
+  held-out prompts along the run and at its end."""
+
+  steps: int = 60
+  batches: tuple[str, ...] = ('2x2', '2x4', '8x8')
+  lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+  best_seeds: tuple[int, ...] = (1, 2)
+  extend: int = 2
+  prompt_len: int = 64
+  max_new_tokens: int = 16
+  eval_prompts: int = 32
+  final_eval_prompts: int = 128
+  eval_every: int = 15
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
   """A model size together with the training settings that suit it.
 
@@ -27,6 +58,8 @@ class Preset:
     eval_every: steps between validation points of the loss curve.
     eval_batches: validation batches of the final evaluation.
     vocab_size: default tokenizer vocabulary size.
+    sft: the size's fine-tuning defaults (``models.sft``).
+    rl: the size's RL defaults (``models.rl``).
   """
 
   model: GPTConfig
@@ -38,6 +71,8 @@ class Preset:
   eval_every: int
   eval_batches: int
   vocab_size: int = 8192
+  sft: FineTuningDefaults = FineTuningDefaults()
+  rl: RLDefaults = RLDefaults()
 
 
 SIZES: dict[str, GPTConfig] = {
@@ -65,6 +100,20 @@ PRESETS: dict[str, Preset] = {
     eval_every=25,
     eval_batches=8,
     vocab_size=512,
+    # CI's: one rate, one seed, a few steps.
+    sft=FineTuningDefaults(steps=20, lrs=(3e-3,), best_seeds=(), extend=0),
+    rl=RLDefaults(
+      steps=4,
+      batches=('2x2',),
+      lrs=(1e-3,),
+      best_seeds=(),
+      extend=0,
+      prompt_len=24,
+      max_new_tokens=8,
+      eval_prompts=8,
+      final_eval_prompts=16,
+      eval_every=2,
+    ),
   ),
   # The main job: three setups in under ten minutes on a 2-core CPU. Learning rate: every
   # setup's best on the quality benchmark's grid is 4e-3 (README, Quality benchmark).
@@ -77,6 +126,8 @@ PRESETS: dict[str, Preset] = {
     warmup_steps=30,
     eval_every=100,
     eval_batches=64,
+    # Fine-tuning below pretraining's 4e-3; RL at the defaults.
+    sft=FineTuningDefaults(steps=300, lrs=(5e-4, 1e-3, 2e-3)),
   ),
   # Meant for a GPU/TPU.
   'medium': Preset(
