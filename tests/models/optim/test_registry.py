@@ -1,4 +1,5 @@
-"""The setups: every table optimizer beside every body, clipping first, state bytes read back."""
+"""The registry: every table optimizer beside every body, clipping first, the state each entry
+declares read back, the styles and the default comparisons every program reads."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _optimizer(plan, name):
   return Comparison(plan, None, [], None, 0).optimizer(name)
 
 
-@pytest.mark.parametrize('setup', ['adamw', 'ember', 'adafactor', 'rowwise', 'ember+muon'])
+@pytest.mark.parametrize('setup', [*registry.default_setups('scaling'), 'ember+muon'])
 def test_every_setup_clips_the_gradient_first(setup):
   """With clipping, a gradient and the same gradient 1000x longer take the same step."""
   _, params = _tiny_params()
@@ -77,15 +78,11 @@ def test_every_table_optimizer_keeps_its_state_under_the_table_label(tables, bod
   partition = next(s for s in jax.tree.leaves(state, is_leaf=_is_partition) if _is_partition(s))
   assert set(partition.inner_states) == {ember_optax.TABLE_LABEL, ember_optax.BODY_LABEL}
   table_bytes = registry.table_state_bytes(state, labels)
-  vocab, width = cfg.vocab_size, cfg.d_model
-  expected = {
-    'adamw': 2 * 2 * vocab * width * 4 + 4,  # Two moments of two tables, and a step count.
-    'ember': 2 * (vocab + width + 1) * 4 + 4,
-    'rowwise': 2 * vocab * 4 + 4,
-    'frozen': 0,
-  }
-  if tables in expected:
-    assert table_bytes == expected[tables]
+  # What the registry says the entry keeps, per table, and one step count for the tables.
+  entry = registry.TABLE_OPTIMIZERS[tables]
+  shapes = [leaf.shape for leaf in _by_label(params, labels, table=True)]
+  declared = sum(entry.state_numbers(max(shape), min(shape)) for shape in shapes)
+  assert len(shapes) == 2 and table_bytes == 4 * (declared + (1 if entry.trains else 0))
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, state, params)
   table_updates = _by_label(updates, labels, table=True)
@@ -145,3 +142,38 @@ def test_setup_names_and_bad_names():
   assert registry.Setup.parse('ember+frozen').name == 'ember+frozen'
   with pytest.raises(ValueError, match='trains nothing'):
     registry.Setup.parse('frozen+frozen')
+
+
+def test_every_entry_is_drawn_apart_and_named():
+  colors = [entry.color for entry in registry.TABLE_OPTIMIZERS.values()]
+  styles = [body.line_style for body in registry.BODIES.values()]
+  assert len(set(colors)) == len(colors) and len(set(styles)) == len(styles)
+  for tables in registry.TABLE_OPTIMIZERS:
+    for body in registry.BODIES:
+      if tables == body == 'frozen':
+        continue
+      setup = registry.Setup(tables, body).name
+      assert registry.plot_style(setup) == (
+        registry.TABLE_OPTIMIZERS[tables].color,
+        registry.BODIES[body].line_style,
+      )
+  assert all(e.label and e.state for e in registry.TABLE_OPTIMIZERS.values())
+
+
+def test_every_program_compares_ember_with_peers_by_default():
+  assert registry.default_setups('train') == ('adamw', 'ember', 'adafactor')
+  for comparison in registry.COMPARISONS:
+    setups = registry.default_setups(comparison)
+    assert 'ember' in setups and len(setups) >= 2, comparison
+    for name in setups:
+      registry.Setup.parse(name)
+  timed = registry.default_setups('step')
+  assert all(registry.TABLE_OPTIMIZERS[name].table_accesses for name in timed)
+  with pytest.raises(ValueError, match='unknown comparison'):
+    registry.default_setups('pretrain')
+
+
+def test_an_entry_naming_an_unknown_comparison_is_refused():
+  entry = dataclasses.replace(registry.TABLE_OPTIMIZERS['ember'], name='e2', comparisons=('sfT',))
+  with pytest.raises(ValueError, match="e2: unknown comparisons \\['sfT'\\]"):
+    registry._registry(entry)
