@@ -22,10 +22,10 @@ _CORPUS_MODULES = [
 @pytest.fixture(scope='session')
 def corpus_dir(tmp_path_factory) -> Path:
   """A folder of text files (with a subfolder and a hidden file that must be ignored)."""
-  from models.data import corpus as data_lib
+  from models.data import files as files_lib
 
   root = tmp_path_factory.mktemp('corpus')
-  stdlib = data_lib.stdlib_root()
+  stdlib = files_lib.stdlib_root()
   for rel in _CORPUS_MODULES:
     dest = root / rel.replace('/', '_')
     if rel.startswith('json/'):

@@ -33,7 +33,8 @@ import dataclasses
 
 import numpy as np
 
-from models.data.corpus import EOT, Corpus, CorpusError, list_files, read_text, write_atomic
+from models.data.corpus import EOT, Corpus
+from models.data.files import CorpusError, list_files, read_text, write_atomic
 
 # Bump when anything that changes the cached pairs changes.
 CACHE_VERSION = 2

@@ -8,28 +8,29 @@ import numpy as np
 import pytest
 
 from models.data import corpus as data_lib
+from models.data import files as files_lib
 
 
 def test_stdlib_split_is_code_only_deterministic_and_disjoint():
-  root, files = data_lib.list_files(None)
+  root, files = files_lib.list_files(None)
   assert len(files) > 500  # The stdlib is there: no download needed.
   # Code only: no test suite, installed packages or the documentation's prose (pydoc_data).
   assert not any(f.startswith(('test/', 'pydoc_data/')) or 'site-packages' in f for f in files)
-  train, val = data_lib.split_files(files, 0.05)
+  train, val = files_lib.split_files(files, 0.05)
   assert not set(train) & set(val)
   assert sorted(train + val) == files
   assert 0.02 < len(val) / len(files) < 0.1
   # The split depends on the paths only, not on their order.
   shuffled = files[:]
   random.Random(0).shuffle(shuffled)
-  train2, val2 = data_lib.split_files(shuffled, 0.05)
+  train2, val2 = files_lib.split_files(shuffled, 0.05)
   assert set(train2) == set(train) and set(val2) == set(val)
   # And is the same again on another call (no hidden randomness).
-  assert data_lib.split_files(files, 0.05) == (train, val)
+  assert files_lib.split_files(files, 0.05) == (train, val)
 
 
 def test_split_keeps_both_sides_non_empty():
-  train, val = data_lib.split_files(['a.txt', 'b.txt'], 0.001)
+  train, val = files_lib.split_files(['a.txt', 'b.txt'], 0.001)
   assert len(train) == 1 and len(val) == 1
 
 
