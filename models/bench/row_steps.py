@@ -6,9 +6,9 @@
 
 The scaling benchmark (``models.bench.scaling``) finds where a table optimizer's best learning
 rate stops following AdamW's; this program measures the steps behind it. At one point of a
-scaling sweep it trains each ``--setups`` at each ``--lrs`` (body and tables at that rate, seed
-``--seed``, the point's own schedule and batches) and records after every step, for each token
-table:
+scaling sweep (``models.training.sweep``) it trains each ``--setups`` at each ``--lrs`` (body
+and tables at that rate, seed ``--seed``, the point's own schedule and batches) and records after
+every step, for each token table:
 
 * ``moved``: the fraction of its rows that moved (Ember moves only the rows with a gradient; Adam
   keeps moving the others on its momentum);
@@ -36,13 +36,13 @@ import numpy as np
 import ember_optax
 from ember_optax import diagnostics
 from models import cli
-from models.bench import scaling
 from models.cli import ConfigError, option
 from models.data import corpus as data_lib
 from models.nets.gpt import table_labels
 from models.optim.registry import Setup, plot_style
 from models.reporting import results as results_lib
 from models.reporting import tables
+from models.training import sweep as sweep_lib
 from models.training.config import corpus_option, resolve
 from models.training.loop import Comparison, train_one
 
@@ -55,7 +55,9 @@ MEASURES = ('moved', 'median_step_per_lr', 'p99_ratio', 'max_ratio')
 class RowStepsConfig:
   """The point, the setups and rates to measure, and where the results go."""
 
-  sweep: str = option('full', 'the scaling sweep whose point to run', choices=tuple(scaling.SWEEPS))
+  sweep: str = option(
+    'full', 'the scaling sweep whose point to run', choices=tuple(sweep_lib.SWEEPS)
+  )
   point: str = option('d128-b64', 'the point of the sweep, e.g. d128-b8')
   setups: tuple[str, ...] = option(('ember', 'adamw'), 'the setups, TABLES or TABLES+BODY')
   lrs: tuple[float, ...] = option(
@@ -158,7 +160,7 @@ def out_folder(config: RowStepsConfig) -> Path:
 
 def run_row_steps(config: RowStepsConfig, verbose: bool = True) -> dict:
   """Measures every setup at every rate at ``config.point``; writes and returns the results."""
-  sweep = scaling.SWEEPS[config.sweep]
+  sweep = sweep_lib.SWEEPS[config.sweep]
   known = {p.name: p for p in sweep.points()}
   if config.point not in known:
     raise ConfigError(f'--point: unknown point {config.point!r}; choose from {" ".join(known)}')
@@ -171,10 +173,10 @@ def run_row_steps(config: RowStepsConfig, verbose: bool = True) -> dict:
     raise ConfigError(f'--lrs must be positive, finite learning rates, got {list(config.lrs)}')
   point = known[config.point]
   out = out_folder(config)
-  scaling_config = scaling.ScalingConfig(
-    preset=config.sweep, text=config.text, cache_dir=config.cache_dir
+  # The point's own search settings, to train each run as the sweep does (no checkpoints).
+  bench, preset = sweep_lib.point_config(
+    sweep, point, out, text=config.text, cache_dir=config.cache_dir
   )
-  bench, preset = scaling.point_config(sweep, point, scaling_config, out)
   bench = dataclasses.replace(bench, setups=tuple(config.setups), table_b2=config.table_b2)
   plan = resolve(bench, preset)
   corpus = data_lib.load_corpus(

@@ -1,0 +1,1 @@
+"""The scaling benchmark, ``python -m models.bench.scaling`` (``run``), and its parts."""
