@@ -20,11 +20,15 @@ Packages:
 * ``models.nets``: the GPT (Flax NNX) with its sampler and an optional hashed n-gram table, and
   the published decoder shapes, with their table labels.
 * ``models.data``: the embedded corpus (the Python standard library's code), its BPE, batches,
-  and the post-training tasks built from it.
-* ``models.training``: setups (table optimizer x body), presets, the resolved plan, step, loop,
-  layouts, checkpoints, the pretrained base model and GRPO's loss.
-* ``models.reporting``: statistics over seeds, Markdown tables, plots, strict JSON results.
-* ``models.bench``: the benchmarks, their helpers and their committed results.
-* ``models/results/``: the post-training programs' committed results (data, no code).
+  and the post-training tasks built from it, with their registry (``models.data.tasks``).
+* ``models.optim``: the one registry of table optimizers and bodies, and their setups
+  (``models.optim.registry``); row-wise RMSprop, dense and sparse (``models.optim.rowwise``).
+* ``models.training``: sizes and presets, the learning-rate search, the scaling sweep's points,
+  the run loop, the train step, fine-tuning, layouts, checkpoints, the pretrained base model and
+  GRPO's loss.
+* ``models.reporting``: statistics over seeds, Markdown tables, plots, strict JSON results, and
+  the learning-rate search's, SFT's and RL's reports.
+* ``models.bench``: the benchmark programs and their helpers.
+* ``models/results/``: every program's committed results, one folder per program (data, no code).
 * ``models.cli``: the command-line kit every program uses.
 """

@@ -46,10 +46,17 @@ def test_models_readme_and_package_docstring_list_the_same_programs():
       r'^\* ``(models\.[\w.]+)``: ', (ROOT / 'models' / '__init__.py').read_text(), re.MULTILINE
     )
   )
-  shared = ('nets', 'data', 'training', 'reporting', 'bench', 'cli')
+  shared = ('nets', 'data', 'optim', 'training', 'reporting', 'bench', 'cli')
   packages = {f'models.{name}' for name in shared}
   assert table == listed - packages
   for program in table:  # Each is a module with a main.
     path = ROOT / (program.replace('.', '/') + '.py')
     package = ROOT / program.replace('.', '/') / '__main__.py'
     assert path.exists() or package.exists(), program
+
+
+def test_models_readme_is_a_guide():
+  """models/README.md is a guide of at most 300 lines; tables live in models/results/, method in
+  the module docstrings, history in CHANGELOG.md."""
+  lines = READMES[1].read_text().splitlines()
+  assert len(lines) <= 300, f'models/README.md has {len(lines)} lines; the guide keeps to 300'
