@@ -32,22 +32,23 @@ import jax
 import numpy as np
 
 import ember_optax
-from models import cli, sft
+from models import cli
 from models.cli import ConfigError, option
 from models.nets.gpt import table_labels
 from models.optim.registry import Setup
 from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
+from models.training import finetune
 from models.training import step as step_lib
-from models.training.config import resolve
+from models.training.config import TrainConfig, resolve
 from models.training.loop import Comparison
 
 PROG = 'python -m models.bench.tunix_sft'
 
 
 @dataclasses.dataclass(frozen=True)
-class TunixSFTConfig(sft.SFTConfig):
-  """The SFT program's settings, for one learning rate and seed per setup."""
+class TunixSFTConfig(finetune.FineTuneOptions, TrainConfig):
+  """The SFT task's settings (``models.training.finetune``): one rate and one seed per setup."""
 
   setups: tuple[str, ...] = option(('ember', 'adamw'), 'setups to run in both loops')
   steps: int = option(100, 'fine-tuning steps per run')
@@ -78,7 +79,7 @@ def run_both(
   """Fine-tunes ``setup`` from the base model in our train step and in Tunix's, step by step.
 
   Args:
-    comparison: the SFT task (``models.sft.build_comparison``).
+    comparison: the SFT task (``models.training.finetune.build_comparison``).
     setup: the optimizer setup, the same in both loops.
     seed: the batch-order seed.
     learning_rates: peak ``(body, tables)`` rates.
@@ -214,11 +215,11 @@ def run(config: TunixSFTConfig, verbose: bool = True) -> dict:
   """Runs the benchmark; returns (and, with ``config.out``, writes) its results."""
   if config.out is not None and Path(config.out).exists() and not Path(config.out).is_dir():
     raise ConfigError(f'--out {config.out!r} is a file, not a folder')
-  # The SFT program's own settings and task; its --out is where its results go, not ours.
-  filled = dataclasses.replace(config, out=None).filled()
-  plan = resolve(filled)  # Every setting is checked before Tunix is looked for.
+  # The SFT task's settings; --out is where this benchmark's results go, not the task's.
+  task_config = dataclasses.replace(config, out=None).filled()
+  plan = resolve(task_config)  # Every setting is checked before Tunix is looked for.
   peft_trainer = tunix_peft_trainer()
-  comparison, base_model = sft.build_comparison(filled, verbose=verbose)
+  comparison, base_model = finetune.build_comparison(task_config, verbose=verbose)
   runs = []
   for setup in plan.setups:
     rates = plan.learning_rates[setup.name]
@@ -258,11 +259,6 @@ def build_parser() -> cli.Parser:
       'table_lr',
       'table_lr_for',
       'seeds',
-      'best_seeds',
-      'lrs',
-      'sweep',
-      'extend',
-      'summarize',
       'checkpoint_dir',
       'checkpoint_every',
       'eval_every',
