@@ -68,6 +68,23 @@ def tiny_results(tiny_config, tmp_path_factory) -> tuple[dict, Path]:
   return train_lib.run(dataclasses.replace(tiny_config, out=str(out)), verbose=False), out
 
 
+@pytest.fixture(scope='session')
+def post_training_args(corpus_dir, cache_dir):
+  """``post_training_args(root, *more)``: the flags the post-training programs' tests share.
+
+  The tiny preset on ``corpus_dir``, its base model cached in ``root/pretrained`` (the cache of
+  ``models.pretrain``), results in ``root/out``, then ``more``.
+  """
+
+  def args(root: Path, *more: str) -> list[str]:
+    return [
+      '--preset', 'tiny', '--text', str(corpus_dir), '--cache-dir', str(cache_dir),
+      '--pretrained-dir', str(root / 'pretrained'), '--out', str(root / 'out'), *more,
+    ]  # fmt: skip
+
+  return args
+
+
 @pytest.fixture
 def refused(capsys):
   """``refused(main, argv, prog, message)``: ``main(argv)`` must end as a user error does.

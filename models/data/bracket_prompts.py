@@ -7,13 +7,15 @@ characters; strings and comments are not parsed, the same for every optimizer.
 
 Prompts of the training side come from the corpus's training tokens, held-out prompts from its
 validation files (held out by file, as everywhere), so the held-out reward is measured on code
-the model never trained on.
+the model never trained on. :class:`BracketTask` is the task as RL runs it
+(``models.data.tasks.PromptTask``, by the name ``close-brackets-v1``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -83,6 +85,11 @@ class PromptSet:
   def __len__(self) -> int:
     return self.tokens.shape[0]
 
+  @property
+  def expected(self) -> tuple[str, ...]:
+    """What the reward checks each prompt's completions against: ``still_open``."""
+    return self.still_open
+
 
 def load_prompts(
   corpus: Corpus, *, side: str, n: int, prompt_len: int, min_open: int = 1, seed: int = 0
@@ -134,3 +141,24 @@ def rewards(tokenizer, still_open: Sequence[str], completions: np.ndarray) -> np
   return np.asarray(
     [closes_all(s, text) for s, text in zip(still_open, texts, strict=True)], dtype=np.float32
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class BracketTask:
+  """The bracket-closing task as RL runs it (a ``models.data.tasks.PromptTask``).
+
+  Attributes:
+    tokenizer: the corpus's tokenizer, which decodes the completions.
+    train: the training prompts.
+    held_out: the held-out prompts.
+  """
+
+  # The version changes with the prompts or the reward: saved runs of another one never match.
+  name: ClassVar[str] = 'close-brackets-v1'
+  tokenizer: Any
+  train: PromptSet
+  held_out: PromptSet
+
+  def reward(self, completions: np.ndarray, expected: Sequence[str]) -> np.ndarray:
+    """1 where completion ``i`` closes the brackets ``expected[i]`` leaves open, else 0."""
+    return rewards(self.tokenizer, expected, completions)

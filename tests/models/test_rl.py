@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
 from models import rl
+from models.data import tasks
 from models.reporting import results as results_lib
 
 pytestmark = pytest.mark.slow
 
 
-def _args(corpus_dir, cache_dir, pretrained_dir, out, *more):
-  return [
-    '--preset', 'tiny', '--text', str(corpus_dir), '--cache-dir', str(cache_dir),
-    '--pretrained-dir', str(pretrained_dir), '--out', str(out),
-    '--checkpoint-dir', str(out / 'checkpoints'), *more,
-  ]  # fmt: skip
+def _args(post_training_args, root, *more):
+  return post_training_args(root, '--checkpoint-dir', str(root / 'out' / 'checkpoints'), *more)
 
 
 @pytest.fixture(scope='module')
-def finished(corpus_dir, cache_dir, tmp_path_factory):
+def finished(post_training_args, tmp_path_factory):
   root = tmp_path_factory.mktemp('rl')
   out = root / 'out'
-  args = _args(corpus_dir, cache_dir, root / 'pretrained', out, '--batches', '2x2', '1x4')
+  args = _args(post_training_args, root, '--batches', '2x2', '1x4')
   return args, out, rl.main(args)
 
 
@@ -77,11 +77,55 @@ def test_groups_of_equal_rewards_are_counted(finished):
     (['--prompt-len', '60'], 'exceeds the tiny model'),
     (['--beta', '-1'], '--beta must be'),
     (['--lrs', '0'], '--lrs must be positive'),
+    (['--task', 'nope'], "--task: unknown task 'nope'"),
   ],
 )
 def test_bad_input_is_one_line_before_anything_trains(
-  corpus_dir, cache_dir, tmp_path, refused, more, message
+  post_training_args, tmp_path, refused, more, message
 ):
-  args = _args(corpus_dir, cache_dir, tmp_path / 'pretrained', tmp_path / 'out', *more)
+  args = _args(post_training_args, tmp_path, *more)
   refused(rl.main, args, rl.PROG, message)
   assert not (tmp_path / 'pretrained').exists() and not (tmp_path / 'out').exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoTask:
+  """A second task (``tasks.PromptTask``): a completion earns the share of its tokens that
+  repeat its prompt's last token."""
+
+  name: ClassVar[str] = 'echo-last-token-v1'
+  train: tasks.TaskPrompts
+  held_out: tasks.TaskPrompts
+
+  def reward(self, completions, expected):
+    repeats = np.asarray(completions) == np.asarray(expected)[:, None]
+    return repeats.mean(axis=1).astype(np.float32)
+
+
+def echo_task(corpus, spec: tasks.TaskSpec) -> EchoTask:
+  def prompts(tokens, n):
+    starts = np.random.default_rng(0).integers(0, tokens.size - spec.prompt_len, n)
+    rows = np.stack([tokens[s : s + spec.prompt_len] for s in starts]).astype(np.int32)
+    return tasks.TaskPrompts(rows, tuple(int(row[-1]) for row in rows))
+
+  return EchoTask(
+    prompts(corpus.train_tokens, spec.train_prompts),
+    prompts(corpus.val_tokens, spec.held_out_prompts),
+  )
+
+
+def test_a_new_task_is_a_registry_entry(finished, tmp_path, monkeypatch):
+  args, _, _ = finished
+  monkeypatch.setitem(tasks.TASKS, EchoTask.name, echo_task)
+  out = tmp_path / 'echo'
+  more = ['--task', EchoTask.name, '--batches', '2x2', '--setups', 'adamw', 'ember',
+          '--out', str(out), '--checkpoint-dir', str(out / 'checkpoints')]  # fmt: skip
+  results = rl.main([*args, *more])
+  assert results['task'] == results['settings']['task'] == EchoTask.name
+  assert set(results['best']['2x2']) == {'adamw', 'ember'}
+  for run in results['runs']:
+    assert all(0 <= reward <= 1 for _, reward in run['reward_curve'] + run['train_reward_curve'])
+  again = rl.main([*args, *more])  # Read back: the runs are matched by the task's name too.
+  assert [r['params_sha256'] for r in again['runs']] == [
+    r['params_sha256'] for r in results['runs']
+  ]

@@ -13,20 +13,21 @@ from models.reporting import results as results_lib
 pytestmark = pytest.mark.slow
 
 
-def _args(corpus_dir, cache_dir, pretrained_dir, out, *more):
-  return [
-    '--preset', 'tiny', '--text', str(corpus_dir), '--cache-dir', str(cache_dir),
-    '--pretrained-dir', str(pretrained_dir), '--pretrain-steps', '6', '--steps', '4',
-    '--out', str(out), '--checkpoint-dir', str(out / 'checkpoints'), '--no-progress', *more,
-  ]  # fmt: skip
+def _args(post_training_args, root, *more):
+  """The shared post-training flags, with a short run kept in ``root/out/checkpoints``."""
+  out = root / 'out'
+  return post_training_args(
+    root, '--pretrain-steps', '6', '--steps', '4', '--checkpoint-dir', str(out / 'checkpoints'),
+    '--no-progress', *more,
+  )  # fmt: skip
 
 
 @pytest.fixture(scope='module')
-def finished(corpus_dir, cache_dir, tmp_path_factory):
+def finished(post_training_args, tmp_path_factory):
   root = tmp_path_factory.mktemp('sft')
   out = root / 'out'
   setups = ['--setups', 'adamw', 'ember', 'frozen', 'ember+frozen', 'rowwise+frozen']
-  args = _args(corpus_dir, cache_dir, root / 'pretrained', out, *setups)
+  args = _args(post_training_args, root, *setups)
   return args, out, sft.main(args)
 
 
@@ -76,17 +77,17 @@ def test_the_same_command_reads_the_runs_back(finished):
   ],
 )
 def test_bad_input_is_one_line_before_anything_trains(
-  corpus_dir, cache_dir, tmp_path, refused, more, message
+  post_training_args, tmp_path, refused, more, message
 ):
-  args = _args(corpus_dir, cache_dir, tmp_path / 'pretrained', tmp_path / 'out', *more)
+  args = _args(post_training_args, tmp_path, *more)
   refused(sft.main, args, sft.PROG, message)
   assert not (tmp_path / 'pretrained').exists() and not (tmp_path / 'out').exists()
 
 
 def test_a_model_unlike_the_base_model_is_refused_before_pretraining(
-  corpus_dir, cache_dir, tmp_path, capsys
+  post_training_args, tmp_path, capsys
 ):
-  args = _args(corpus_dir, cache_dir, tmp_path / 'pretrained', tmp_path / 'out', '--tie-embeddings')
+  args = _args(post_training_args, tmp_path, '--tie-embeddings')
   with pytest.raises(SystemExit):
     sft.main(args)
   assert "differs from the base model in ['tie_embeddings']" in capsys.readouterr().err

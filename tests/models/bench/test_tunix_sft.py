@@ -17,32 +17,28 @@ from models.reporting import results as results_lib
 HAS_TUNIX = importlib.util.find_spec('tunix') is not None
 
 
-def _args(corpus_dir, cache_dir, root, *more):
-  return [
-    '--preset', 'tiny', '--text', str(corpus_dir), '--cache-dir', str(cache_dir),
-    '--pretrained-dir', str(root / 'pretrained'), '--pretrain-steps', '6', '--steps', '5',
-    '--out', str(root / 'out'), *more,
-  ]  # fmt: skip
+def _args(post_training_args, root, *more):
+  return post_training_args(root, '--pretrain-steps', '6', '--steps', '5', *more)
 
 
-def test_an_unknown_setup_is_refused_before_anything_else(corpus_dir, cache_dir, tmp_path, refused):
-  args = _args(corpus_dir, cache_dir, tmp_path, '--setups', 'lion')
+def test_an_unknown_setup_is_refused_before_anything_else(post_training_args, tmp_path, refused):
+  args = _args(post_training_args, tmp_path, '--setups', 'lion')
   refused(tunix_sft.main, args, tunix_sft.PROG, "unknown table optimizer 'lion'")
   assert not (tmp_path / 'pretrained').exists() and not (tmp_path / 'out').exists()
 
 
 @pytest.mark.skipif(HAS_TUNIX, reason='Tunix is installed here')
-def test_without_tunix_it_says_how_to_install_it(corpus_dir, cache_dir, tmp_path, refused):
-  args = _args(corpus_dir, cache_dir, tmp_path)
+def test_without_tunix_it_says_how_to_install_it(post_training_args, tmp_path, refused):
+  args = _args(post_training_args, tmp_path)
   refused(tunix_sft.main, args, tunix_sft.PROG, "pip install 'ember-optax[tunix]'")
   assert not (tmp_path / 'pretrained').exists()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TUNIX, reason='needs Tunix (pip install ember-optax[tunix])')
-def test_peft_trainer_trains_our_gpt_as_our_loop_does(corpus_dir, cache_dir, tmp_path):
+def test_peft_trainer_trains_our_gpt_as_our_loop_does(post_training_args, tmp_path):
   setups = ['ember', 'adamw', 'rowwise+frozen']
-  results = tunix_sft.main(_args(corpus_dir, cache_dir, tmp_path, '--setups', *setups))
+  results = tunix_sft.main(_args(post_training_args, tmp_path, '--setups', *setups))
   saved = results_lib.read_json(tmp_path / 'out' / 'tunix_sft.json')  # Strict JSON, or this raises.
   assert [r['setup'] for r in saved['runs']] == setups
   for run in results['runs']:

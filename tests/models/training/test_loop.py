@@ -1,4 +1,5 @@
-"""The main job's loop on the tiny preset: it trains, records, and is deterministic."""
+"""The main job's loop on the tiny preset: it trains, records, and is deterministic; and the
+shared run loop under it (divergence, resumption) on a toy step."""
 
 from __future__ import annotations
 
@@ -123,3 +124,71 @@ def test_a_run_may_start_from_given_params_on_other_batches(tiny_config):
     step_lib.evaluate(graphdef, params, [fixed], base.rare_mask)[0], rel=1e-6
   )
   assert result['first_batch_loss'] < result['train_loss_curve'][0][1]
+
+
+def _toy_run(steps: int, checkpoints=None, log=None, losses=None, stop_before=None):
+  """``run_steps`` on a toy step: the parameters add each batch; ``losses[number]`` replaces a
+  step's loss; fetching step ``stop_before``'s batch raises ``KeyboardInterrupt``."""
+  import jax.numpy as jnp
+
+  from models.training.loop import run_steps
+
+  def step(number, state, batch):
+    params = {'w': state['params']['w'] + batch}
+    loss = (losses or {}).get(number, float(number))
+    return {'params': params, 'opt_state': {'n': state['opt_state']['n'] + 1}}, {'loss': loss}
+
+  def batches(start):
+    for number in range(start + 1, steps + 1):
+      if number == stop_before:
+        raise KeyboardInterrupt
+      yield jnp.full((2,), number, jnp.float32)
+
+  def record(number, state, metrics, progress):
+    progress['curve'].append([number, metrics['loss']])
+
+  state = {
+    'params': {'w': jnp.zeros((2,), jnp.float32)},
+    'opt_state': {'n': jnp.zeros((), jnp.int32)},
+  }
+  return run_steps(
+    '[toy] run',
+    state,
+    steps=steps,
+    step=step,
+    batches=batches,
+    begin=lambda state: {'curve': [[0, -1.0]]},
+    record=record,
+    finish=lambda run: {'curve': run.progress['curve'], **run.summary()},
+    checkpoints=checkpoints,
+    log=log if log is not None else (lambda line: None),
+  )
+
+
+def test_the_shared_loop_ends_a_diverged_run_as_a_result():
+  lines = []
+  result, state = _toy_run(5, log=lines.append, losses={3: float('nan')})
+  assert lines == ['[toy] run: loss is nan at step 3; stopping this run']
+  assert result['diverged_at_step'] == 3
+  assert result['curve'] == [[0, -1.0], [1, 1.0], [2, 2.0]]  # Nothing recorded from step 3 on.
+  np.testing.assert_array_equal(state['params']['w'], [6.0, 6.0])  # Steps 1 + 2 + 3.
+
+
+def test_the_shared_loop_resumes_from_its_last_checkpoint_and_says_so(tmp_path):
+  from models.training.checkpoints import RunCheckpoints
+  from models.training.loop import params_digest
+
+  through, state = _toy_run(6)
+  assert through['diverged_at_step'] is None and len(through['curve']) == 7
+  assert through['params_sha256'] == params_digest(state['params'])
+  with pytest.raises(KeyboardInterrupt):
+    _toy_run(6, RunCheckpoints(tmp_path, 'toy', every=2), stop_before=6)
+  lines = []
+  resumed, _ = _toy_run(6, RunCheckpoints(tmp_path, 'toy', every=2), log=lines.append)
+  assert lines == [f'[toy] run: resumed from step 4 of 6 ({tmp_path / "toy"})']
+  assert resumed['curve'] == through['curve']
+  assert resumed['params_sha256'] == through['params_sha256']
+  lines.clear()
+  again, state = _toy_run(6, RunCheckpoints(tmp_path, 'toy', every=2), log=lines.append)
+  assert state is None and again == resumed
+  assert lines == [f'[toy] run: finished earlier, read from {tmp_path / "toy" / "result.json"}']
