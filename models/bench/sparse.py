@@ -32,20 +32,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-import ember_optax
 from models import cli
 from models.bench.memory.step_memory import StepMemory
 from models.cli import option
-from models.optim import rowwise
+from models.optim import registry
 from models.reporting import results as results_lib
 from models.reporting.tables import markdown_table
 from models.training import step as step_lib
 
 PROG = 'python -m models.bench.sparse'
 LEARNING_RATE = 1e-3
-OPTIMIZERS = ('sparse_ember', 'sparse_rowwise', 'ember', 'adamw')
+# The registry's sparse forms, then the dense yardsticks: Ember's own dense step and AdamW.
+SPARSE = {f'sparse_{name}': name for name in registry.sparse_tables()}
+DENSE = ('ember', 'adamw')
+OPTIMIZERS = (*SPARSE, *DENSE)
 # Share of the free memory a step may plan to use: the process and its copies need the rest.
 MEMORY_HEADROOM = 0.85
 # Fast steps run for --min-seconds (up to MAX_STEPS), cycling through DISTINCT_BATCHES batches.
@@ -109,12 +110,10 @@ def optimizer_step(name: str) -> tuple[Callable[..., Any], Callable[[Any], Any]]
   The sparse optimizers update the touched rows; the dense ones take the gradient JAX builds for
   ``table[ids]`` (``models.training.step.update_table``), inside the timed step.
   """
-  optimizer = {
-    'sparse_ember': lambda: ember_optax.sparse_ember(LEARNING_RATE),
-    'sparse_rowwise': lambda: rowwise.sparse_rowwise(LEARNING_RATE),
-    'ember': lambda: ember_optax.ember(LEARNING_RATE),
-    'adamw': lambda: optax.adamw(LEARNING_RATE),
-  }[name]()
+  if name in SPARSE:
+    optimizer = registry.sparse_table_optimizer(SPARSE[name], LEARNING_RATE)
+  else:
+    optimizer = registry.table_optimizer(name, LEARNING_RATE, registry.Hyperparameters())
   return functools.partial(step_lib.update_table, optimizer), optimizer.init
 
 

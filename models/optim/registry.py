@@ -36,37 +36,8 @@ import optax
 
 import ember_optax
 from ember_optax.diagnostics import state_bytes_by_group
-from models.optim import rowwise
-
-# How Muon's orthogonalized updates are scaled: to the RMS of a typical AdamW update.
-MUON_CONSISTENT_RMS = 0.2
-
-
-@dataclasses.dataclass(frozen=True)
-class Hyperparameters:
-  """The settings every setup shares.
-
-  Attributes:
-    b1: AdamW's first-moment decay (the body's, and the tables' under ``adamw``).
-    b2: second-moment decay of AdamW, Ember and row-wise RMSprop.
-    table_b2: the tables' own second-moment decay (``None``: ``b2``), for AdamW, Ember and
-      row-wise RMSprop tables.
-    eps: their epsilon.
-    weight_decay: decoupled weight decay of every group (none under ``frozen``).
-    clip_norm: clip the whole gradient to this global norm first; 0 turns clipping off.
-  """
-
-  b1: float = 0.9
-  b2: float = 0.999
-  table_b2: float | None = None
-  eps: float = 1e-8
-  weight_decay: float = 0.0
-  clip_norm: float = 0.0
-
-  @property
-  def tables_b2(self) -> float:
-    """The tables' second-moment decay: ``table_b2``, else ``b2``."""
-    return self.b2 if self.table_b2 is None else self.table_b2
+from models.optim import transforms
+from models.optim.transforms import Hyperparameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,75 +76,6 @@ class Setup:
     return cls(tables, body or 'adamw')
 
 
-def _adamw_tables(
-  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
-) -> optax.GradientTransformation:
-  del vocab_size
-  return optax.adamw(
-    learning_rate, b1=hyper.b1, b2=hyper.tables_b2, eps=hyper.eps, weight_decay=hyper.weight_decay
-  )
-
-
-def _ember_tables(
-  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
-) -> optax.GradientTransformation:
-  del vocab_size
-  return ember_optax.ember(
-    learning_rate, b2=hyper.tables_b2, eps=hyper.eps, weight_decay=hyper.weight_decay
-  )
-
-
-def _adafactor_tables(
-  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
-) -> optax.GradientTransformation:
-  del vocab_size
-  wd = hyper.weight_decay
-  # optax's Adafactor does not multiply its weight decay by the learning rate; passing
-  # weight_decay * lr(t) as the (scheduled) rate makes it the same decoupled decay as AdamW's.
-  schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
-  return optax.adafactor(
-    learning_rate,
-    multiply_by_parameter_scale=False,
-    weight_decay_rate=(lambda count: wd * schedule(count)) if wd else None,
-  )
-
-
-def _rowwise_tables(
-  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, vocab_size: int | None
-) -> optax.GradientTransformation:
-  if vocab_size is None:
-    raise ValueError('the rowwise table optimizer needs vocab_size to find each token axis')
-  return rowwise.rowwise(
-    learning_rate, vocab_size, b2=hyper.tables_b2, eps=hyper.eps, weight_decay=hyper.weight_decay
-  )
-
-
-def _frozen(learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters, *unused: Any):
-  del learning_rate, hyper, unused
-  return optax.set_to_zero()
-
-
-def _adamw_body(
-  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters
-) -> optax.GradientTransformation:
-  return optax.adamw(
-    learning_rate, b1=hyper.b1, b2=hyper.b2, eps=hyper.eps, weight_decay=hyper.weight_decay
-  )
-
-
-def _muon_body(
-  learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters
-) -> optax.GradientTransformation:
-  return optax.contrib.muon(
-    learning_rate,
-    weight_decay=hyper.weight_decay,
-    adam_b1=hyper.b1,
-    adam_b2=hyper.b2,
-    adam_weight_decay=hyper.weight_decay,
-    consistent_rms=MUON_CONSISTENT_RMS,
-  )
-
-
 @dataclasses.dataclass(frozen=True)
 class TableOptimizer:
   """A table optimizer of the comparisons: how to build it, draw it and count its state.
@@ -190,6 +92,9 @@ class TableOptimizer:
     trains: False for a baseline that does not update the tables (``frozen``).
     table_accesses: table-sized memory reads and writes of one fused step (the step
       benchmark's bandwidth yardstick); ``None``: not timed there.
+    sparse: ``sparse(learning_rate, hyper)``, its exact update of the touched rows alone (an
+      ``ember_optax.SparseRowTransformation``), for tables too large to update densely; ``None``:
+      it has no sparse form (a first moment moves every row every step).
   """
 
   name: str
@@ -201,6 +106,7 @@ class TableOptimizer:
   comparisons: tuple[str, ...] = ()
   trains: bool = True
   table_accesses: int | None = None
+  sparse: Callable[[optax.ScalarOrSchedule, Hyperparameters], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +144,7 @@ TABLE_OPTIMIZERS: dict[str, TableOptimizer] = _registry(
     'adamw',
     'AdamW',
     'tab:blue',
-    _adamw_tables,
+    transforms.adamw_tables,
     state='2·V·D',
     state_numbers=lambda v, d: 2 * v * d,
     comparisons=COMPARISONS,
@@ -248,17 +154,18 @@ TABLE_OPTIMIZERS: dict[str, TableOptimizer] = _registry(
     'ember',
     'Ember',
     'tab:red',
-    _ember_tables,
+    transforms.ember_tables,
     state='V + D + 1',
     state_numbers=lambda v, d: v + d + 1,
     comparisons=COMPARISONS,
     table_accesses=5,
+    sparse=transforms.sparse_ember_rows,
   ),
   TableOptimizer(
     'adafactor',
     'Adafactor',
     'tab:green',
-    _adafactor_tables,
+    transforms.adafactor_tables,
     # optax factors a dimension pair only if both are at least min_dim_size_to_factor (128);
     # a narrower table keeps its whole second moment (and two placeholder factors).
     state='V + D + 1 (V·D + 2 under 128 columns)',
@@ -270,17 +177,18 @@ TABLE_OPTIMIZERS: dict[str, TableOptimizer] = _registry(
     'rowwise',
     'row-wise RMSprop',
     'tab:purple',
-    _rowwise_tables,
+    transforms.rowwise_tables,
     state='V',
     state_numbers=lambda v, d: v,
     comparisons=('scaling', 'step', 'sft', 'rl'),
     table_accesses=4,
+    sparse=transforms.sparse_rowwise_rows,
   ),
   TableOptimizer(
     'frozen',
     'frozen',
     'tab:gray',
-    _frozen,
+    transforms.frozen,
     state='0',
     state_numbers=lambda v, d: 0,
     comparisons=('sft',),
@@ -289,9 +197,9 @@ TABLE_OPTIMIZERS: dict[str, TableOptimizer] = _registry(
 )
 
 BODIES: dict[str, Body] = _registry(
-  Body('adamw', 'AdamW body', '-', _adamw_body),
-  Body('muon', 'Muon body', '--', _muon_body),
-  Body('frozen', 'frozen body', ':', _frozen),
+  Body('adamw', 'AdamW body', '-', transforms.adamw_body),
+  Body('muon', 'Muon body', '--', transforms.muon_body),
+  Body('frozen', 'frozen body', ':', transforms.frozen),
 )
 
 
@@ -306,6 +214,32 @@ def default_setups(comparison: str) -> tuple[str, ...]:
   if comparison not in COMPARISONS:
     raise ValueError(f'unknown comparison {comparison!r}; choose from {", ".join(COMPARISONS)}')
   return tuple(name for name, entry in TABLE_OPTIMIZERS.items() if comparison in entry.comparisons)
+
+
+def sparse_tables() -> tuple[str, ...]:
+  """The table optimizers with a sparse form (``TableOptimizer.sparse``), in registry order."""
+  return tuple(name for name, entry in TABLE_OPTIMIZERS.items() if entry.sparse is not None)
+
+
+def sparse_table_optimizer(
+  tables: str, learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters = Hyperparameters()
+) -> ember_optax.SparseRowTransformation:
+  """The sparse form of table optimizer ``tables``: its update of the rows a batch touched.
+
+  Example:
+    >>> import jax.numpy as jnp, ember_optax
+    >>> tx = sparse_table_optimizer('ember', 1e-2)
+    >>> grads = ember_optax.IndexedRows(jnp.array([3]), jnp.ones((1, 4)))
+    >>> updates, _ = tx.update(grads, tx.init(jnp.zeros((100, 4))))
+    >>> updates.ids.tolist()
+    [3]
+  """
+  entry = TABLE_OPTIMIZERS.get(tables)
+  if entry is None or entry.sparse is None:
+    raise ValueError(
+      f'table optimizer {tables!r} has no sparse form; choose from {", ".join(sparse_tables())}'
+    )
+  return entry.sparse(learning_rate, hyper)
 
 
 def plot_style(setup: str) -> tuple[str, str]:

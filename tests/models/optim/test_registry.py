@@ -177,3 +177,24 @@ def test_an_entry_naming_an_unknown_comparison_is_refused():
   entry = dataclasses.replace(registry.TABLE_OPTIMIZERS['ember'], name='e2', comparisons=('sfT',))
   with pytest.raises(ValueError, match="e2: unknown comparisons \\['sfT'\\]"):
     registry._registry(entry)
+
+
+@pytest.mark.parametrize('tables', registry.sparse_tables())
+def test_each_sparse_form_moves_the_touched_rows_as_the_dense_form_does(tables):
+  table = jax.random.normal(jax.random.key(0), (10, 4))
+  hyper = registry.Hyperparameters()
+  dense = registry.table_optimizer(tables, 1e-2, hyper, vocab_size=10)
+  sparse = registry.sparse_table_optimizer(tables, 1e-2, hyper)
+  dense_state, sparse_state = dense.init(table), sparse.init(table)
+  for step, ids in enumerate(([1, 3, 3], [3, 7])):
+    rows = jax.random.normal(jax.random.key(step + 1), (len(ids), 4))
+    ids = jnp.asarray(ids)
+    grad = jnp.zeros_like(table).at[ids].add(rows)
+    dense_updates, dense_state = dense.update(grad, dense_state, table)
+    updates, sparse_state = sparse.update(ember_optax.IndexedRows(ids, rows), sparse_state, table)
+    touched = updates.ids[updates.ids < 10]
+    np.testing.assert_allclose(
+      updates.rows[: touched.size], dense_updates[touched], rtol=1e-5, atol=1e-7
+    )
+  with pytest.raises(ValueError, match='has no sparse form; choose from ember, rowwise'):
+    registry.sparse_table_optimizer('adamw', 1e-2)
