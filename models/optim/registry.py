@@ -127,8 +127,9 @@ class Body:
 
 
 # The programs whose default setups the registry gives (:func:`default_setups`): the main job and
-# the quality benchmark ('train'), the scaling sweep, the memory and step benchmarks, SFT and RL.
-COMPARISONS = ('train', 'scaling', 'memory', 'step', 'sft', 'rl')
+# the quality benchmark ('train'), the scaling sweep, the memory and step benchmarks, SFT, RL, and
+# the n-gram table benchmark ('ngram': what trains the hashed n-gram table, sparse where it can).
+COMPARISONS = ('train', 'scaling', 'memory', 'step', 'sft', 'rl', 'ngram')
 
 
 def _registry(*entries):
@@ -180,7 +181,7 @@ TABLE_OPTIMIZERS: dict[str, TableOptimizer] = _registry(
     transforms.rowwise_tables,
     state='V',
     state_numbers=lambda v, d: v,
-    comparisons=('scaling', 'step', 'sft', 'rl'),
+    comparisons=('scaling', 'step', 'sft', 'rl', 'ngram'),
     table_accesses=4,
     sparse=transforms.sparse_rowwise_rows,
   ),

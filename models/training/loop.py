@@ -32,6 +32,7 @@ import optax
 from ember_optax.diagnostics import tree_bytes
 from models.data import corpus as data_lib
 from models.nets.gpt import GPT, count_params, table_labels
+from models.nets.ngram import NgramConfig
 from models.optim import registry
 from models.training import step as step_lib
 from models.training.checkpoints import RunCheckpoints
@@ -100,10 +101,11 @@ class Comparison:
     abstract = nnx.eval_shape(lambda: GPT(plan.model, rngs=nnx.Rngs(0)))
     return cls(plan, corpus, batches, jnp.asarray(corpus.rare_token_mask()), count_params(abstract))
 
-  def init_model(self, seed: int) -> GPT:
-    """The run's model: the same for every setup of a seed (``start_params`` if given)."""
+  def init_model(self, seed: int, ngram: NgramConfig | None = None) -> GPT:
+    """The run's model: the same for every setup of a seed (``start_params`` if given); with
+    ``ngram``, a hashed n-gram table too (the other parameters as without it)."""
     bias = self.corpus.log_unigram() if self.plan.unigram_bias else None
-    model = GPT(self.plan.model, rngs=nnx.Rngs(seed), logit_bias_init=bias)
+    model = GPT(self.plan.model, rngs=nnx.Rngs(seed), logit_bias_init=bias, ngram=ngram)
     if self.start_params is not None:
       nnx.update(model, self.start_params)
     return model

@@ -85,7 +85,7 @@ def ngram_train_step(
   """
 
   def step(params, opt_state, tables, table, table_state, inputs, targets):
-    tables = _with_table(tables, table)
+    tables = with_table(tables, table)
     ngram = nnx.merge(graphdef, params, tables).ngram
     ids = ngram.ids(inputs)
 
@@ -128,20 +128,25 @@ def update_table(
   return optax.apply_updates(table, updates), table_state
 
 
-def _with_table(tables: nnx.State, table: jax.Array) -> nnx.State:
+def with_table(tables: nnx.State, table: jax.Array) -> nnx.State:
   """``tables`` (the n-gram table's state) holding ``table`` as its value."""
   return jax.tree.map(lambda _: table, tables)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eval_sums(graphdef, params, inputs, targets, rare_mask):
+def _eval_sums(graphdef, states, inputs, targets, rare_mask):
   # Module level with a static graph: compiled once and reused by every setup and seed.
-  return loss_sums(nnx.merge(graphdef, params), inputs, targets, rare_mask)
+  return loss_sums(nnx.merge(graphdef, *states), inputs, targets, rare_mask)
 
 
-def evaluate(graphdef, params, batches: Sequence, rare_mask) -> tuple[float, float]:
-  """``(loss, rare-token loss)``: mean cross-entropy over every target, and over the rare ones."""
+def evaluate(graphdef, params, batches: Sequence, rare_mask, tables=None) -> tuple[float, float]:
+  """``(loss, rare-token loss)``: mean cross-entropy over every target, and over the rare ones.
+
+  ``tables``: the n-gram table's state, for a model split as ``nnx.split(model, nnx.Param,
+  NgramTable)``.
+  """
+  states = (params,) if tables is None else (params, tables)
   sums = np.zeros(4)
   for inputs, targets in batches:
-    sums += np.array([float(v) for v in _eval_sums(graphdef, params, inputs, targets, rare_mask)])
+    sums += np.array([float(v) for v in _eval_sums(graphdef, states, inputs, targets, rare_mask)])
   return sums[0] / sums[1], (sums[2] / sums[3] if sums[3] else float('nan'))
