@@ -138,12 +138,6 @@ def comparison(config: NgramBenchConfig, steps: int, corpus=None) -> Comparison:
   return Comparison.build(plan, corpus, verbose=config.progress)
 
 
-def trains(config: NgramBenchConfig, tables: str, log_rows: int) -> bool:
-  """Whether ``tables`` trains a table of ``2**log_rows`` rows here (dense ones up to a size)."""
-  sparse = tables in registry.sparse_tables()
-  return sparse or log_rows <= config.dense_max_log_rows
-
-
 class Runner:
   """Runs (or reads back) the runs of one length, keeping each finished run in ``runs_dir``."""
 
@@ -163,25 +157,38 @@ class Runner:
     return train_ngram(self.comparison, run, checkpoints)
 
 
+def schedule(config: NgramBenchConfig, long: bool) -> list[tuple[int, str]]:
+  """The ``(log_rows, tables)`` pairs of one length, in the order they run: the sparse
+  optimizers at every size first (in ``--log-rows`` order), then the dense ones from the smallest
+  table up, since one dense step of a large table costs many sparse runs.
+
+  Example:
+    >>> config = NgramBenchConfig(log_rows=(22, 18), dense_max_log_rows=20)
+    >>> schedule(config, long=False)
+    [(22, 'ember'), (22, 'rowwise'), (18, 'ember'), (18, 'rowwise'), (18, 'adamw')]
+  """
+  sparse = [name for name in config.tables if name in registry.sparse_tables()]
+  dense = [name for name in config.tables if name not in sparse]
+  sizes = config.long_log_rows if long else config.log_rows
+  pairs = [(k, name) for k in sizes for name in sparse]
+  pairs += [(k, name) for k in sorted(sizes) for name in dense if k <= config.dense_max_log_rows]
+  return [(k, name) for k, name in pairs if not long or name in config.long_tables]
+
+
 def run_length(config: NgramBenchConfig, runner: Runner, out: Path, long: bool) -> None:
-  """The runs of one length: the baseline, then each (size, optimizer): the grid on
-  ``--seeds`` and ``--best-seeds`` at its best; at the longer length, each at the best rate of
-  the main length."""
+  """The runs of one length: the baseline, then each (size, optimizer) of :func:`schedule`: the
+  grid on ``--seeds`` and ``--best-seeds`` at its best; at the longer length, each at the best
+  rate of the main length. The results are rewritten after each (size, optimizer)."""
   seeds = (*config.seeds, *config.best_seeds)
   for seed in seeds:
     runner(NgramRun(None, None, None, seed))
   best = ngram_summary.best_rates(ngram_summary.load_runs(out, lengths(config)[0])) if long else {}
-  # Sparse optimizers first: a dense step of a large table costs many sparse runs.
-  ordered = sorted(config.tables, key=lambda name: name not in registry.sparse_tables())
-  for log_rows in config.long_log_rows if long else config.log_rows:
-    for tables in ordered:
-      if not trains(config, tables, log_rows) or (long and tables not in config.long_tables):
-        continue
-      if long:
-        rate = best.get(NgramRun(log_rows, tables, None, 0).setup)
-        for seed in seeds if rate is not None else ():
-          runner(NgramRun(log_rows, tables, rate, seed))
-        continue
+  for log_rows, tables in schedule(config, long):
+    if long:
+      rate = best.get(NgramRun(log_rows, tables, None, 0).setup)
+      for seed in seeds if rate is not None else ():
+        runner(NgramRun(log_rows, tables, rate, seed))
+    else:
 
       def point(lr: float, log_rows=log_rows, tables=tables) -> list[dict]:
         return [runner(NgramRun(log_rows, tables, lr, seed)) for seed in config.seeds]
@@ -194,7 +201,7 @@ def run_length(config: NgramBenchConfig, runner: Runner, out: Path, long: bool) 
       )
       for seed in config.best_seeds:
         runner(NgramRun(log_rows, tables, rate, seed))
-      write_results(config, out)
+    write_results(config, out)
 
 
 def write_results(config: NgramBenchConfig, out: Path) -> dict:
