@@ -134,6 +134,8 @@ def plot_loss_against_time(
   )
   for ax, (steps, runs) in zip(axes[0], runs_by_length.items(), strict=True):
     best = summaries[str(steps)]['best']
+    # The largest table solid, smaller ones dashed and dotted; the colour is the optimizer's.
+    sizes = sorted({s['log_rows'] for s in best.values() if s['log_rows']}, reverse=True)
     for setup, s in best.items():
       mine = [
         r for r in runs if r['setup'] == setup and (setup == NONE or r['table_lr'] == s['best_lr'])
@@ -144,10 +146,10 @@ def plot_loss_against_time(
       mean = np.mean(curves, axis=0)
       seconds = mean[:, 0] * s['mean_step_time_s']
       if setup == NONE:
-        color, style = 'black', '-'
+        color, style = 'black', '-.'
       else:
         color = registry.TABLE_OPTIMIZERS[s['tables']].color
-        style = ['-', '--', ':', '-.'][s['log_rows'] % 4]
+        style = ['-', '--', ':', '-.'][sizes.index(s['log_rows']) % 4]
       ax.plot(seconds, mean[:, 1], style, color=color, label=setup, lw=1.1)
     late = [v for r in runs for _, v in r['val_loss_curve'][1:] if v is not None and np.isfinite(v)]
     if late:
