@@ -10,6 +10,7 @@ Programs (each ``python -m ...``, every flag in ``--help``):
 * ``models.bench.sparse``: a table's update against its number of rows, sparse and dense.
 * ``models.bench.memory``: the memory of a whole train step at published model shapes.
 * ``models.bench.ngram``: a hashed n-gram table of millions of rows, by table optimizer.
+* ``models.bench.muon_tables``: table setups beside a Muon body at large batch, one change each.
 * ``models.distributed``: the main job's Ember setup over a device mesh, on one host or many.
 * ``models.pretrain``: the base model of post-training, trained once and cached.
 * ``models.sft``: supervised fine-tuning from the base model, each table optimizer compared.

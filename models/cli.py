@@ -54,7 +54,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _name_value(text: str) -> tuple[str, float]:
-  name, sep, value = text.partition('=')
+  name, sep, value = text.rpartition('=')  # A setup's name may hold '=' (ember,b2=0.99).
   try:
     if not sep:
       raise ValueError

@@ -285,9 +285,29 @@ def is_token_table(config: GPTConfig) -> Callable[[str, object], bool]:
   return lambda path, leaf: path in tables
 
 
-def table_labels(params, config: GPTConfig):
-  """Labels this GPT's parameters ``"token_table"`` (token tables) or ``"body"`` (the rest)."""
-  return ember_optax.token_table_labels(params, is_token_table=is_token_table(config))
+# The LM head's path among the token tables (an untied head).
+HEAD_PATH = 'lm_head/kernel'
+
+
+def table_labels(params, config: GPTConfig, head_label: str | None = None):
+  """Labels this GPT's parameters ``"token_table"`` (token tables) or ``"body"`` (the rest).
+
+  Args:
+    params: the parameters (any pytree of them: an ``nnx.State``, its gradients).
+    config: the model's shape.
+    head_label: if given, the LM head's label instead (so that it can take an optimizer of its
+      own); the model's head must be untied.
+  """
+  labels = ember_optax.token_table_labels(params, is_token_table=is_token_table(config))
+  if head_label is None:
+    return labels
+  if config.tie_embeddings:
+    raise ValueError('the LM head is the token embedding (tie_embeddings): it has no own label')
+  # The head alone, found as the tables are (by its path in ember_optax's naming).
+  head = ember_optax.token_table_labels(params, is_token_table=lambda path, leaf: path == HEAD_PATH)
+  return jax.tree.map(
+    lambda label, is_head: head_label if is_head == ember_optax.TABLE_LABEL else label, labels, head
+  )
 
 
 def count_params(model: nnx.Module) -> int:

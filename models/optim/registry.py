@@ -1,7 +1,8 @@
 """The registry of the comparisons' optimizers: table optimizers, bodies, and their setups.
 
 A setup is data, ``Setup(tables, body)``, named ``"ember"`` (Ember tables, AdamW body) or
-``"ember+muon"`` (Ember tables, Muon body). Every program, plot and benchmark reads the two
+``"ember+muon"`` (Ember tables, Muon body), with the tables' own options
+(``"ember,head=adamw+muon"``: Adam on the LM head). Every program, plot and benchmark reads the two
 registries below, :data:`TABLE_OPTIMIZERS` and :data:`BODIES`: an entry knows how to build its
 transform, its colour (or line style) and label in plots, the state it keeps per table, and in
 which comparisons it takes part by default. Adding an optimizer to every comparison is one entry
@@ -9,15 +10,11 @@ here (and its test in ``tests/models/optim/test_registry.py``). Each program bui
 with :func:`make_optimizer`, from the model's own table labels (``"token_table"`` / ``"body"``, as
 ``ember_optax.token_table_labels`` gives them), so the setups differ only where they say they do.
 
-Table optimizers:
-
-* ``adamw``: ``optax.adamw``.
-* ``ember``: ``ember_optax.ember``.
-* ``adafactor``: ``optax.adafactor`` with ``multiply_by_parameter_scale=False``, so that its
-  learning rate is a step size as AdamW's and Ember's are; its other settings are optax's defaults
-  (no momentum, update clipping at 1, ``decay_rate=0.8``).
-* ``rowwise``: row-wise RMSprop (``models.optim.rowwise``): one statistic per token.
-* ``frozen``: no update (``optax.set_to_zero``), for fine-tuning baselines.
+Table optimizers: ``adamw`` (``optax.adamw``), ``ember`` (``ember_optax.ember``), ``adafactor``
+(``optax.adafactor`` with ``multiply_by_parameter_scale=False``, so that its rate is a step size
+as AdamW's and Ember's are; otherwise optax's defaults: no momentum, update clipping at 1,
+``decay_rate=0.8``), ``rowwise`` (row-wise RMSprop, ``models.optim.rowwise``: one statistic per
+token) and ``frozen`` (no update, ``optax.set_to_zero``, for fine-tuning baselines).
 
 Bodies: ``adamw`` (``optax.adamw``), ``muon`` (``optax.contrib.muon`` with
 ``consistent_rms=0.2``, which scales its orthogonalized updates to AdamW's typical RMS so that one
@@ -39,41 +36,109 @@ from ember_optax.diagnostics import state_bytes_by_group
 from models.optim import transforms
 from models.optim.transforms import Hyperparameters
 
+# The LM head's label under a setup that gives it an optimizer of its own (``Setup.head``).
+HEAD_LABEL = 'head_table'
+
+# A setup's table options, in the order its name writes them (``ember,b2=0.99+muon``).
+TABLE_OPTIONS = ('head', 'b1', 'b2', 'eps', 'warmup', 'every')
+
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  """A table optimizer and a body optimizer.
+  """A table optimizer and a body optimizer, and the tables' own options.
+
+  A setup's name is ``TABLES[,OPTION=VALUE...][+BODY]``: ``tables``, the token tables' optimizer;
+  ``body``, the body's (AdamW where none is named); and options (:data:`TABLE_OPTIONS`, each a
+  field, ``None`` or its default where not given) for the token tables alone:
+
+  * ``head=NAME``: the LM head under table optimizer ``NAME``, the input table under ``TABLES``
+    (the model's labels must name the head :data:`HEAD_LABEL`).
+  * ``b1=X``: the first-moment decay of AdamW tables (the body keeps its own).
+  * ``b2=X``, ``eps=X``: the tables' second-moment decay and epsilon.
+  * ``warmup=N``: the tables' own linear warm-up over the first ``N`` steps, on top of the shared
+    schedule.
+  * ``every=K``: the tables update every ``K`` steps on the mean of ``K`` steps' gradients
+    (``optax.MultiSteps``; it keeps one table-sized accumulator), their schedule still in steps.
 
   Example:
     >>> Setup.parse('ember+muon')
-    Setup(tables='ember', body='muon')
+    Setup(tables='ember', body='muon', head=None, b1=None, b2=None, eps=None, warmup=0, every=1)
     >>> Setup('rowwise').name
     'rowwise'
+    >>> Setup.parse('ember,b2=0.990,head=adamw+muon').name
+    'ember,head=adamw,b2=0.99+muon'
   """
 
   tables: str
   body: str = 'adamw'
+  head: str | None = None
+  b1: float | None = None
+  b2: float | None = None
+  eps: float | None = None
+  warmup: int = 0
+  every: int = 1
 
   def __post_init__(self):
-    if self.tables not in TABLE_OPTIMIZERS:
-      raise ValueError(
-        f'unknown table optimizer {self.tables!r}; choose from {", ".join(TABLE_OPTIMIZERS)}'
-      )
-    if self.body not in BODIES:
-      raise ValueError(f'unknown body optimizer {self.body!r}; choose from {", ".join(BODIES)}')
+    for role, name in (
+      ('table', self.tables),
+      ('head', self.tables if self.head is None else self.head),
+    ):
+      _entry(TABLE_OPTIMIZERS, role, name)
+    _entry(BODIES, 'body', self.body)
     if self.tables == self.body == 'frozen':
       raise ValueError('frozen+frozen trains nothing; freeze the tables or the body, not both')
+    if self.head == self.tables:
+      raise ValueError(f"head={self.head} repeats the tables' optimizer; leave head out")
+    for name in ('b1', 'b2'):
+      value = getattr(self, name)
+      if value is not None and not 0 <= value < 1:
+        raise ValueError(f'{name}={value} must be in [0, 1)')
+    if self.b1 is not None and 'adamw' not in (self.tables, self.head):
+      raise ValueError('b1 is the first moment of AdamW tables; this setup has none')
+    for name, low in (('eps', 0), ('warmup', 0), ('every', 1)):
+      if (value := getattr(self, name)) is not None and not value >= low:
+        raise ValueError(f'{name}={value} must be >= {low}')
 
   @property
   def name(self) -> str:
-    """``tables`` with an AdamW body, else ``tables+body``."""
-    return self.tables if self.body == 'adamw' else f'{self.tables}+{self.body}'
+    """``tables``, its options, and ``+body`` unless the body is AdamW."""
+    options = ''.join(
+      f',{key}={value:g}' if isinstance(value, float) else f',{key}={value}'
+      for key in TABLE_OPTIONS
+      if (value := getattr(self, key)) != _OPTION_DEFAULTS[key]
+    )
+    return self.tables + options + ('' if self.body == 'adamw' else f'+{self.body}')
+
+  def table_hyper(self, hyper: Hyperparameters) -> Hyperparameters:
+    """``hyper`` with the tables' own ``b1``, ``b2`` and ``eps`` where this setup sets them."""
+    return dataclasses.replace(
+      hyper,
+      table_b1=hyper.table_b1 if self.b1 is None else self.b1,
+      table_b2=hyper.table_b2 if self.b2 is None else self.b2,
+      table_eps=hyper.table_eps if self.eps is None else self.eps,
+    )
 
   @classmethod
   def parse(cls, name: str) -> Setup:
-    """The setup named ``tables`` or ``tables+body``; raises ``ValueError`` naming the choices."""
-    tables, _, body = name.partition('+')
-    return cls(tables, body or 'adamw')
+    """The setup named ``name``; raises ``ValueError`` naming what is wrong."""
+    head, plus, body = name.rpartition('+')
+    tables, *options = (head if plus else body).split(',')
+    fields: dict[str, Any] = {'tables': tables, 'body': body if plus else 'adamw'}
+    for option in options:
+      key, equals, value = option.partition('=')
+      if not equals or key not in TABLE_OPTIONS:
+        raise ValueError(f'{option!r} is not OPTION=VALUE with OPTION one of {TABLE_OPTIONS}')
+      if key in fields:
+        raise ValueError(f'option {key} is given twice')
+      try:
+        fields[key] = value if key == 'head' else _OPTION_TYPES[key](value)
+      except ValueError:
+        raise ValueError(f'{key}={value}: not a number') from None
+    return cls(**fields)
+
+
+_OPTION_DEFAULTS = {key: Setup.__dataclass_fields__[key].default for key in TABLE_OPTIONS}
+_OPTION_TYPES = {'b1': float, 'b2': float, 'eps': float, 'warmup': int, 'every': int}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +180,7 @@ class Body:
 
   Attributes:
     name: its name after the ``+`` of a setup (``"ember+muon"``); ``adamw`` is left unnamed.
-    label: what it is, for legends and tables.
+    label: what it is, in legends and tables.
     line_style: how its setups are drawn in plots (the table optimizer gives the colour).
     build: ``build(learning_rate, hyper)``, its Optax transform.
   """
@@ -127,8 +192,7 @@ class Body:
 
 
 # The programs whose default setups the registry gives (:func:`default_setups`): the main job and
-# the quality benchmark ('train'), the scaling sweep, the memory and step benchmarks, SFT, RL, and
-# the n-gram table benchmark ('ngram': what trains the hashed n-gram table, sparse where it can).
+# quality benchmark ('train'), scaling, memory, step, SFT, RL, and the n-gram table ('ngram').
 COMPARISONS = ('train', 'scaling', 'memory', 'step', 'sft', 'rl', 'ngram')
 
 
@@ -256,20 +320,21 @@ def table_optimizer(
   vocab_size: int | None = None,
 ) -> optax.GradientTransformation:
   """The transform of table optimizer ``tables`` (``vocab_size`` is needed by ``rowwise``)."""
-  if tables not in TABLE_OPTIMIZERS:
-    raise ValueError(
-      f'unknown table optimizer {tables!r}; choose from {", ".join(TABLE_OPTIMIZERS)}'
-    )
-  return TABLE_OPTIMIZERS[tables].build(learning_rate, hyper, vocab_size)
+  return _entry(TABLE_OPTIMIZERS, 'table', tables).build(learning_rate, hyper, vocab_size)
 
 
 def body_optimizer(
   body: str, learning_rate: optax.ScalarOrSchedule, hyper: Hyperparameters
 ) -> optax.GradientTransformation:
   """The transform of body optimizer ``body``."""
-  if body not in BODIES:
-    raise ValueError(f'unknown body optimizer {body!r}; choose from {", ".join(BODIES)}')
-  return BODIES[body].build(learning_rate, hyper)
+  return _entry(BODIES, 'body', body).build(learning_rate, hyper)
+
+
+def _entry(entries: dict, role: str, name: str | None) -> Any:
+  """``entries[name]``; raises ``ValueError`` naming the choices if there is none."""
+  if name not in entries:
+    raise ValueError(f'unknown {role} optimizer {name!r}; choose from {", ".join(entries)}')
+  return entries[name]
 
 
 def make_optimizer(
@@ -285,16 +350,16 @@ def make_optimizer(
   Args:
     setup: the table and body optimizers.
     labels: ``"token_table"`` or ``"body"`` per parameter (a pytree, or a function of the
-      params), as ``ember_optax.token_table_labels`` or the model's ``table_labels`` give them.
+      params), as ``ember_optax.token_table_labels`` or the model's ``table_labels`` give them;
+      :data:`HEAD_LABEL` for the LM head where ``setup.head`` is set.
     learning_rate: the body's learning rate (a number or a schedule).
     table_learning_rate: the tables' (``None``: the body's).
     hyper: the shared settings.
     vocab_size: the vocabulary size (``rowwise`` finds each table's token axis by it).
 
   Returns:
-    The optimizer. AdamW tables beside an AdamW body at the body's learning rate and ``b2`` are
-    one ``optax.adamw`` over every parameter, the plain baseline; otherwise the state of the tables'
-    optimizer is ``optax.partition``'s ``"token_table"`` branch.
+    The optimizer: one ``optax.adamw`` for ``Setup('adamw')`` at one rate and ``b2`` (the plain
+    baseline), else an ``optax.partition`` with a ``"token_table"`` branch.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -311,19 +376,25 @@ def make_optimizer(
   else:
     if table_learning_rate is None:
       table_learning_rate = learning_rate
-    tables = table_optimizer(setup.tables, table_learning_rate, hyper, vocab_size)
-    optimizer = optax.partition(
-      {ember_optax.TABLE_LABEL: tables, ember_optax.BODY_LABEL: body}, labels
-    )
+    table_hyper = setup.table_hyper(hyper)
+    rate = transforms.table_schedule(table_learning_rate, setup.warmup, setup.every)
+
+    def tables(name: str) -> optax.GradientTransformation:
+      return transforms.every(table_optimizer(name, rate, table_hyper, vocab_size), setup.every)
+
+    branches = {ember_optax.TABLE_LABEL: tables(setup.tables), ember_optax.BODY_LABEL: body}
+    if setup.head is not None:
+      branches[HEAD_LABEL] = tables(setup.head)
+      labels = transforms.require_head_label(labels, HEAD_LABEL, setup.name)
+    optimizer = optax.partition(branches, labels)
   if hyper.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(hyper.clip_norm), optimizer)
   return optimizer
 
 
 def table_state_bytes(state: Any, labels: Any) -> int:
-  """Bytes of the optimizer state that the token tables alone keep, read from ``state``.
-
-  The ``"token_table"`` branch of the partition (its step count included), or, for one
-  ``optax.adamw`` over every parameter, the moments of the table leaves.
-  """
-  return state_bytes_by_group(state, labels)[ember_optax.TABLE_LABEL]
+  """Bytes of the optimizer state that the token tables alone keep, read from ``state``: the
+  ``"token_table"`` branch of the partition (its step count included) and the head's where it has
+  one, or, for one ``optax.adamw`` over every parameter, the moments of the table leaves."""
+  groups = state_bytes_by_group(state, labels)
+  return groups[ember_optax.TABLE_LABEL] + groups.get(HEAD_LABEL, 0)

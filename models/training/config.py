@@ -18,7 +18,14 @@ import optax
 from models.cli import ConfigError, flag, option
 from models.data import corpus as data_lib
 from models.nets.gpt import GPTConfig
-from models.optim.registry import BODIES, TABLE_OPTIMIZERS, Hyperparameters, Setup, default_setups
+from models.optim.registry import (
+  BODIES,
+  TABLE_OPTIMIZERS,
+  TABLE_OPTIONS,
+  Hyperparameters,
+  Setup,
+  default_setups,
+)
 from models.training.presets import PRESETS, Preset
 
 # The main job's comparison: the body always gets AdamW; the setups differ on the token tables.
@@ -62,7 +69,9 @@ class TrainConfig:
   setups: tuple[str, ...] = option(
     DEFAULT_SETUPS,
     f'optimizer setups to compare, each TABLES or TABLES+BODY: table optimizer '
-    f'{"/".join(TABLE_OPTIMIZERS)}, body {"/".join(BODIES)} (adamw if not named)',
+    f'{"/".join(TABLE_OPTIMIZERS)}, body {"/".join(BODIES)} (adamw if not named); the tables '
+    f'take options after commas, e.g. ember,head=adamw,b2=0.99+muon (options: '
+    f'{", ".join(TABLE_OPTIONS)}; see models.optim.registry.Setup)',
   )
   seeds: tuple[int, ...] = option(
     (0,), 'seeds; each one sets the initialization and the batch order'

@@ -147,9 +147,10 @@ class Comparison:
     if learning_rates is None:
       learning_rates = plan.learning_rates[setup.name]
     body_peak, table_peak = learning_rates
+    head_label = None if setup.head is None else registry.HEAD_LABEL
     return registry.make_optimizer(
       setup,
-      functools.partial(table_labels, config=plan.model),
+      functools.partial(table_labels, config=plan.model, head_label=head_label),
       learning_rate=plan.schedule(body_peak),
       table_learning_rate=None if table_peak == body_peak else plan.schedule(table_peak),
       hyper=plan.hyper,
