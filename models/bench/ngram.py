@@ -24,7 +24,9 @@ Every finished run is kept as JSON in ``<out>/runs/steps<N>/`` (committed under
 run resumes from its Orbax checkpoint in ``--checkpoint-dir``. After each (size, optimizer), and
 with ``--summarize``, it rewrites ``bench_ngram.json``, ``bench_ngram.md`` and the plots from the
 saved runs: validation and rare-token loss at equal steps with 95% intervals against ``none`` and
-between the table optimizers, time per step and the whole step's peak memory.
+between the table optimizers, time per step and the whole step's peak memory. The time per step
+is the timing phase's (:func:`time_setups`: every setup stepped side by side in one process once
+the runs are done), else the runs' own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 from pathlib import Path
+
+import numpy as np
 
 from models import cli
 from models.cli import ConfigError, option
@@ -42,11 +46,12 @@ from models.training import checkpoints as checkpoints_lib
 from models.training import ngram_summary, search
 from models.training.config import TrainConfig, corpus_option, resolve
 from models.training.loop import Comparison
-from models.training.ngram_runs import BASE_SETUP, NgramRun, train_ngram
+from models.training.ngram_runs import BASE_SETUP, NgramRun, time_steps, train_ngram
 from models.training.presets import PRESETS
 
 PROG = 'python -m models.bench.ngram'
 DEFAULT_OUT = Path('models', 'results', 'bench_ngram')
+TIMING_FILE = 'timing.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,13 @@ class NgramBenchConfig:
     str(Path('out', 'bench_ngram', 'checkpoints')), 'Orbax checkpoints of unfinished runs'
   )
   checkpoint_every: int = option(200, 'steps between checkpoints')
+  time_steps: int = option(
+    20, 'steps timed per setup and pass by the timing phase, after 3 warm-up steps (0: none)'
+  )
+  time_passes: int = option(
+    2, "passes of the timing phase over the setups; a setup's time is its fastest pass's median"
+  )
+  retime: bool = option(False, 'time every setup again, even those timing.json holds')
   text: str | None = corpus_option('text')
   cache_dir: str | None = corpus_option('cache_dir')
   progress: bool = option(True, 'progress bars (--no-progress: none)')
@@ -106,6 +118,11 @@ def check(config: NgramBenchConfig) -> None:
   search.check_search(config.lrs, config.extend, config.seeds, config.best_seeds)
   if config.long_steps is not None and config.long_steps < 0:
     raise ConfigError(f'--long-steps must be at least 0, got {config.long_steps}')
+  if config.time_steps < 0 or config.time_passes < 1:
+    raise ConfigError(
+      f'--time-steps must be >= 0 and --time-passes >= 1, got {config.time_steps} and '
+      f'{config.time_passes}'
+    )
   missing = sorted(set(config.long_log_rows) - set(config.log_rows))
   if missing and config.long_steps != 0:
     raise ConfigError(f'--long-log-rows {missing} are not among --log-rows: they need a best rate')
@@ -204,16 +221,60 @@ def run_length(config: NgramBenchConfig, runner: Runner, out: Path, long: bool) 
     write_results(config, out)
 
 
+def time_setups(config: NgramBenchConfig, shared: Comparison, out: Path) -> dict[str, float]:
+  """The timing phase: every setup with runs (the model without a table, and each table at its
+  best rate), stepped from its start in this one process, one setup after another,
+  ``--time-passes`` times; a setup's seconds per step is the lowest of its passes' medians.
+
+  So the setups are timed side by side on one machine at one time (the runs' own step times come
+  from runs hours apart, two at a time on a shared machine). Kept in ``<out>/timing.json``;
+  setups it already holds are not timed again unless ``--retime``.
+  """
+  path = out / TIMING_FILE
+  settings = {'steps': config.time_steps, 'passes': config.time_passes}
+  saved = results_lib.read_json(path) if path.exists() and not config.retime else {}
+  if saved.get('settings') != settings:
+    saved = {}
+  timed = dict(saved.get('seconds_per_step', {}))
+  best = ngram_summary.best_rates(ngram_summary.load_runs(out, shared.plan.steps))
+  wanted = [ngram_summary.NONE, *best]
+  todo = [setup for setup in wanted if setup not in timed]
+  if not todo or not config.time_steps:
+    return timed
+  medians = {setup: [] for setup in todo}
+  for _ in range(config.time_passes):
+    for setup in todo:
+      if setup == ngram_summary.NONE:
+        run = NgramRun(None, None, None, 0)
+      else:
+        tables, _, rows = setup.partition('@2^')
+        run = NgramRun(int(rows), tables, best[setup], 0)
+      seconds = time_steps(shared, run, config.time_steps)
+      medians[setup].append(float(np.median(seconds)))
+      if config.progress:
+        print(f'[ngram] timing {setup}: {1e3 * medians[setup][-1]:.0f} ms per step', flush=True)
+  timed.update({setup: min(values) for setup, values in medians.items()})
+  passes = {**saved.get('passes', {}), **medians}
+  environment = results_lib.environment(config.cache_dir)
+  results_lib.write_json(
+    path,
+    {'settings': settings, 'seconds_per_step': timed, 'passes': passes, 'environment': environment},
+  )
+  return timed
+
+
 def write_results(config: NgramBenchConfig, out: Path) -> dict:
   """Summarizes every saved run of each length and writes ``bench_ngram.json`` (strict), ``.md``
   and the plots into ``out``; returns the JSON's content."""
   summaries = {}
   runs_by_length = {}
+  timing = out / TIMING_FILE
+  timed = results_lib.read_json(timing)['seconds_per_step'] if timing.exists() else {}
   for steps in lengths(config):
     runs = ngram_summary.load_runs(out, steps) if steps else []
     if runs:
       runs_by_length[steps] = runs
-      summaries[str(steps)] = ngram_summary.summarize(runs)
+      summaries[str(steps)] = ngram_summary.summarize(runs, timed)
   results = {
     'config': dataclasses.asdict(config),
     'lengths': summaries,
@@ -238,6 +299,7 @@ def run_benchmark(config: NgramBenchConfig) -> dict:
       shared = comparison(config, length, corpus)
       corpus = shared.corpus
       run_length(config, Runner(config, shared, out), out, long)
+    time_setups(config, comparison(config, steps, corpus), out)
   return write_results(config, out)
 
 

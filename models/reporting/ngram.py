@@ -22,6 +22,11 @@ def _verdict(paired: dict) -> str:
   return f'{format_interval(paired)} ({paired["verdict"]})'
 
 
+def step_seconds(entry: dict) -> float:
+  """A setup's seconds per step: the timing phase's, else its runs' mean."""
+  return entry.get('timed_step_s', entry['mean_step_time_s'])
+
+
 def format_length(summary: dict) -> str:
   """The tables of one length: each setup at its best rate, and the paired differences."""
   best = summary['best']
@@ -29,7 +34,7 @@ def format_length(summary: dict) -> str:
   rows = []
   for setup, s in best.items():
     paired = summary['versus_none'].get(setup)
-    time_ratio = s['mean_step_time_s'] / base['mean_step_time_s'] if base else float('nan')
+    time_ratio = step_seconds(s) / step_seconds(base) if base else float('nan')
     rows.append(
       (
         setup,
@@ -40,7 +45,8 @@ def format_length(summary: dict) -> str:
         format_loss(s['rare_val_loss']),
         '—' if paired is None else _verdict(paired['final_val_loss']),
         '—' if paired is None else _verdict(paired['rare_val_loss']),
-        f'{1e3 * s["mean_step_time_s"]:.0f} ms ({time_ratio:.2f}×)',
+        f'{1e3 * step_seconds(s):.0f} ms ({time_ratio:.2f}×)'
+        + ('' if 'timed_step_s' in s else '*'),
         format_bytes(s['step_peak_bytes']),
         format_bytes(s['table_state_bytes']),
       )
@@ -81,9 +87,11 @@ def format_tables(summaries: Mapping[str, dict]) -> str:
   note = (
     "Means ± std over seeds at each setup's best table rate; differences are paired by seed "
     '(same initialization and batches) with 95% t intervals; negative: lower loss than the '
-    "other. Time per step: the mean over a run's steps after the first (which compiles), and its "
-    'ratio to the model without a table. Step peak memory: arguments, outputs and scratch of '
-    'the compiled step, as XLA plans it.'
+    "other. Time per step: the timing phase's (every setup stepped in one process, one after "
+    "another, the lowest of its passes' medians), and its ratio to the model without a table; "
+    "marked * where a setup has only its runs' own mean (runs hours apart, on a shared "
+    'machine). Step peak memory: arguments, outputs and scratch of the compiled step, as XLA '
+    'plans it.'
   )
   return '\n\n'.join([*parts, note]) + '\n'
 
@@ -144,7 +152,7 @@ def plot_loss_against_time(
       if not curves or len({c.shape for c in curves}) != 1:
         continue
       mean = np.mean(curves, axis=0)
-      seconds = mean[:, 0] * s['mean_step_time_s']
+      seconds = mean[:, 0] * step_seconds(s)
       if setup == NONE:
         color, style = 'black', '-.'
       else:
@@ -154,7 +162,7 @@ def plot_loss_against_time(
     late = [v for r in runs for _, v in r['val_loss_curve'][1:] if v is not None and np.isfinite(v)]
     if late:
       ax.set_ylim(min(late) - 0.05, np.percentile(late, 90) + 0.2)
-    ax.set_xlabel('training time (s): steps × mean step time')
+    ax.set_xlabel('training time (s): steps × time per step')
     ax.set_ylabel('validation loss (nats)')
     ax.set_title(f'{steps} steps', fontsize=9)
     ax.grid(alpha=0.3)

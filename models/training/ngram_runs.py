@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import itertools
+import time
 from typing import Any
 
 from flax import nnx
@@ -84,26 +86,51 @@ def step_peak_bytes(jitted: Any, *args: Any) -> int:
   )
 
 
-def train_ngram(
-  comparison: Comparison,
-  run: NgramRun,
-  checkpoints: RunCheckpoints | None = None,
-  log: Callable[[str], None] = print,
-) -> dict:
-  """Trains ``run``'s model from its seed; returns its measures and curves.
+@dataclasses.dataclass(frozen=True)
+class NgramStep:
+  """A run's model, its starting state and its compiled train step.
 
-  Args:
-    comparison: what the runs share (the plan's body learning rate is ``ember``'s).
-    run: the table, its optimizer and rate, and the seed.
-    checkpoints: read back, resume and save the run (``run_steps``).
-    log: where the run's messages go.
-
-  Returns:
-    The main job's result fields (``final_val_loss``, ``rare_val_loss``, curves,
-    ``mean_step_time_s``, ``params_sha256``, ...) with the run's ``log_rows``, ``tables``,
-    ``table_lr``, ``steps``, ``table_state_bytes`` (the n-gram table's optimizer state) and
-    ``step_peak_bytes``.
+  Attributes:
+    graphdef: the model's graph.
+    tables: the n-gram table's ``nnx.State`` (its values are replaced by the state's), or None.
+    state: the starting state: ``params``, ``opt_state``, and ``table``, ``table_state`` with a
+      table.
+    train_step: the jitted step on ``(*step_args(state), inputs, targets)``, donating the state.
+    peak_bytes: the step's peak memory as XLA plans it (:func:`step_peak_bytes`).
+    table_state_bytes: the n-gram table optimizer's state.
+    body_state_bytes: the model's optimizer state.
   """
+
+  graphdef: Any
+  tables: Any
+  state: dict
+  train_step: Any
+  peak_bytes: int
+  table_state_bytes: int
+  body_state_bytes: int
+
+  def step(self, state: dict, batch) -> tuple[dict, jax.Array]:
+    """One train step from ``state``: the new state and the batch's loss."""
+    if self.tables is None:
+      params, opt_state, loss = self.train_step(state['params'], state['opt_state'], *batch)
+      return {'params': params, 'opt_state': opt_state}, loss
+    params, opt_state, table, table_state, loss = self.train_step(
+      state['params'], state['opt_state'], self.tables, state['table'], state['table_state'], *batch
+    )
+    return {
+      'params': params,
+      'opt_state': opt_state,
+      'table': table,
+      'table_state': table_state,
+    }, loss
+
+  def tables_of(self, state: dict):
+    """The n-gram table's ``nnx.State`` holding ``state``'s table, or None."""
+    return None if self.tables is None else step_lib.with_table(self.tables, state['table'])
+
+
+def build_step(comparison: Comparison, run: NgramRun) -> NgramStep:
+  """``run``'s model from its seed, its optimizers and its compiled train step."""
   plan = comparison.plan
   ngram = None if run.log_rows is None else NgramConfig(2**run.log_rows)
   model = comparison.init_model(run.seed, ngram=ngram)
@@ -130,26 +157,64 @@ def train_ngram(
     )
     step_args = (state['params'], state['opt_state'], tables, state['table'], state['table_state'])
   inputs, targets = next(iter(comparison.train_batches(run.seed)))
-  peak_bytes = step_peak_bytes(train_step, *step_args, inputs, targets)
-  table_state_bytes = 0 if ngram is None else tree_bytes(state['table_state'])
-  body_state_bytes = tree_bytes(state['opt_state'])
+  return NgramStep(
+    graphdef=graphdef,
+    tables=tables,
+    state=state,
+    train_step=train_step,
+    peak_bytes=step_peak_bytes(train_step, *step_args, inputs, targets),
+    table_state_bytes=0 if ngram is None else tree_bytes(state['table_state']),
+    body_state_bytes=tree_bytes(state['opt_state']),
+  )
 
-  def tables_of(state: dict):
-    return None if tables is None else step_lib.with_table(tables, state['table'])
+
+def time_steps(comparison: Comparison, run: NgramRun, steps: int, warmup: int = 3) -> list[float]:
+  """Seconds of each of ``steps`` train steps of ``run`` from its start, after ``warmup`` steps
+  (the first compiles); each waits for its loss, so it covers the whole step."""
+  built = build_step(comparison, run)
+  state, times = built.state, []
+  batches = itertools.islice(comparison.train_batches(run.seed), warmup + steps)
+  for number, batch in enumerate(batches):
+    started = time.perf_counter()
+    state, loss = built.step(state, batch)
+    float(loss)
+    if number >= warmup:
+      times.append(time.perf_counter() - started)
+  return times
+
+
+def train_ngram(
+  comparison: Comparison,
+  run: NgramRun,
+  checkpoints: RunCheckpoints | None = None,
+  log: Callable[[str], None] = print,
+) -> dict:
+  """Trains ``run``'s model from its seed; returns its measures and curves.
+
+  Args:
+    comparison: what the runs share (the plan's body learning rate is ``ember``'s).
+    run: the table, its optimizer and rate, and the seed.
+    checkpoints: read back, resume and save the run (``run_steps``).
+    log: where the run's messages go.
+
+  Returns:
+    The main job's result fields (``final_val_loss``, ``rare_val_loss``, curves,
+    ``mean_step_time_s``, ``params_sha256``, ...) with the run's ``log_rows``, ``tables``,
+    ``table_lr``, ``steps``, ``table_state_bytes`` (the n-gram table's optimizer state) and
+    ``step_peak_bytes``.
+  """
+  plan = comparison.plan
+  built = build_step(comparison, run)
+  graphdef, tables_of = built.graphdef, built.tables_of
+  body_lr = plan.learning_rates[BASE_SETUP.name][0]
 
   def curve_point(state: dict) -> float:
     batches, mask = comparison.curve_batches, comparison.rare_mask
     return step_lib.evaluate(graphdef, state['params'], batches, mask, tables_of(state))[0]
 
   def step(number: int, state: dict, batch) -> tuple[dict, dict]:
-    if tables is None:
-      params, opt_state, loss = train_step(state['params'], state['opt_state'], *batch)
-      return {'params': params, 'opt_state': opt_state}, {'loss': loss}
-    params, opt_state, table, table_state, loss = train_step(
-      state['params'], state['opt_state'], tables, state['table'], state['table_state'], *batch
-    )
-    new_state = {'params': params, 'opt_state': opt_state, 'table': table}
-    return {**new_state, 'table_state': table_state}, {'loss': loss}
+    state, loss = built.step(state, batch)
+    return state, {'loss': loss}
 
   def record(number: int, state: dict, metrics: dict, progress: dict) -> dict[str, str]:
     progress['train_curve'].append((number, metrics['loss']))
@@ -180,9 +245,9 @@ def train_ngram(
       'final_train_loss': float('nan')
       if finished.diverged
       else float(np.mean([v for _, v in train_curve[-10:]])),
-      'table_state_bytes': table_state_bytes,
-      'model_state_bytes': body_state_bytes + table_state_bytes,
-      'step_peak_bytes': peak_bytes,
+      'table_state_bytes': built.table_state_bytes,
+      'model_state_bytes': built.body_state_bytes + built.table_state_bytes,
+      'step_peak_bytes': built.peak_bytes,
       **finished.summary(),
       'train_loss_curve': [list(point) for point in train_curve],
       'val_loss_curve': [list(point) for point in progress['val_curve']],
@@ -190,7 +255,7 @@ def train_ngram(
 
   result, _ = run_steps(
     f'[ngram] {run.name}',
-    state,
+    built.state,
     steps=plan.steps,
     step=step,
     batches=lambda start: comparison.train_batches(run.seed, start=start),

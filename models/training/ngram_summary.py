@@ -57,8 +57,9 @@ def best_rates(runs: Sequence[dict]) -> dict[str, float]:
   return best
 
 
-def summarize(runs: Sequence[dict]) -> dict:
-  """The summary of one length's runs.
+def summarize(runs: Sequence[dict], timed: dict[str, float] | None = None) -> dict:
+  """The summary of one length's runs, with ``timed[setup]`` (seconds per step, measured side by
+  side) as each setup's ``timed_step_s`` where given.
 
   Returns:
     ``{"best", "grid", "versus_none", "peers"}``: ``best[setup]`` the setup's summary at its best
@@ -84,6 +85,8 @@ def summarize(runs: Sequence[dict]) -> dict:
       step_peak_bytes=first['step_peak_bytes'],
       finite=_losses_finite(at_best[setup]),
     )
+    if timed and setup in timed:
+      entry['timed_step_s'] = timed[setup]
     if setup == NONE:
       continue
     mine = [r for r in runs if r['setup'] == setup]

@@ -16,7 +16,8 @@ def _args(corpus_dir, cache_dir, root, *more):
     '--log-rows', '6', '8', '--long-log-rows', '8', '--tables', 'ember', 'adamw',
     '--dense-max-log-rows', '6', '--long-tables', 'ember', '--lrs', '0.01', '--extend', '0',
     '--best-seeds', '1',
-    '--steps', '4', '--long-steps', '6', '--out', str(root / 'out'),
+    '--steps', '4', '--long-steps', '6', '--time-steps', '2', '--time-passes', '2',
+    '--out', str(root / 'out'),
     '--checkpoint-dir', str(root / 'checkpoints'), '--no-progress', *more,
   ]  # fmt: skip
 
@@ -48,10 +49,24 @@ def test_every_size_and_optimizer_runs_against_the_model_without_a_table(finishe
   assert list(short['peers']['ember@2^6']) == ['adamw@2^6']
 
 
+def test_every_setup_is_timed_side_by_side(finished):
+  _, out, results = finished
+  timing = results_lib.read_json(out / 'timing.json')
+  short = results['lengths']['4']['best']
+  assert set(timing['seconds_per_step']) == set(short)
+  for setup, passes in timing['passes'].items():
+    assert len(passes) == 2 and timing['seconds_per_step'][setup] == min(passes) > 0
+    assert short[setup]['timed_step_s'] == timing['seconds_per_step'][setup]
+  # No row falls back to its runs' own step time (marked *).
+  assert '×)* |' not in (out / 'bench_ngram.md').read_text()
+
+
 def test_the_same_command_reads_every_run_back(finished, capsys):
   args, out, results = finished
   runs = sorted((out / 'runs' / 'steps4').glob('*.json'))
+  timing = (out / 'timing.json').read_text()
   again = ngram.main(args)
+  assert (out / 'timing.json').read_text() == timing  # Nothing timed again.
   assert sorted((out / 'runs' / 'steps4').glob('*.json')) == runs
   assert again['lengths'] == results['lengths']
   assert 'finished earlier' in capsys.readouterr().out
@@ -65,6 +80,7 @@ def test_the_same_command_reads_every_run_back(finished, capsys):
     (['--log-rows', '0'], '--log-rows [0] must be distinct sizes'),
     (['--long-log-rows', '10'], '--long-log-rows [10] are not among --log-rows'),
     (['--lrs', '0'], '--lrs must be positive'),
+    (['--time-passes', '0'], '--time-steps must be >= 0 and --time-passes >= 1'),
   ],
 )
 def test_bad_input_is_one_line_before_anything_trains(
