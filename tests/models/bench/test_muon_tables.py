@@ -45,7 +45,11 @@ def test_the_stages_run_variants_then_finalists_then_the_batch_trend(finished):
     assert entry['seeds'] == ([0, 1] if chosen else [0]), setup
     assert [step for step, _ in entry['val_curve']] == [0, 2, 4]
     assert set(large['grid'][setup]) == {'0.01', '0.02'}
+  # The trend: the baselines and the finalist, their rates scaled from batch 8's, 2 seeds.
   assert sorted(small['best']) == sorted({'adamw+muon', 'ember+muon', finalist})
+  for setup, entry in small['best'].items():
+    scaled = float(f'{large["best"][setup]["best_lr"] * 0.5 ** (1 / 3):.3g}')
+    assert entry['seeds'] == [0, 1] and list(small['grid'][setup]) == [str(scaled)], setup
   assert set(large['versus_adam']) == set(VARIANTS) - {'adamw+muon'}
   # Adam on the head keeps its two moments: more table state than Ember's alone.
   best = large['best']
@@ -57,8 +61,7 @@ def test_the_stages_run_variants_then_finalists_then_the_batch_trend(finished):
 
 def test_the_body_rate_follows_the_batch(finished):
   _, out, _ = finished
-  rates = sorted({r['lr'] for r in report.load_runs(out, 4)})
-  assert rates == [pytest.approx(0.016 * 0.5 ** (1 / 3))]
+  assert {r['lr'] for r in report.load_runs(out, 4)} == {0.0127}  # 0.016 * 0.5 ** (1 / 3)
   assert {r['lr'] for r in report.load_runs(out, 8)} == {0.016}
 
 
