@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.reporting import results as results_lib
 from models.reporting import stats
 from models.reporting.tables import format_bytes, format_interval, format_loss, markdown_table
 from models.training import search
-from models.training.checkpoints import SETTINGS_FILE
+from models.training.checkpoints import load_saved_runs
 
 # The baselines: Adam tables and Ember tables beside the Muon body.
 ADAM = 'adamw+muon'
@@ -26,11 +25,7 @@ def runs_dir(out: Path, batch: int) -> Path:
 
 def load_runs(out: Path, batch: int) -> list[dict]:
   """Every finished run at ``batch`` saved under ``out``, in name order."""
-  folder = runs_dir(out, batch)
-  if not folder.is_dir():
-    return []
-  paths = sorted(p for p in folder.glob('*.json') if p.name != SETTINGS_FILE)
-  return [results_lib.read_json(path) for path in paths]
+  return load_saved_runs(runs_dir(out, batch))
 
 
 def _by_setup(runs: Sequence[dict]) -> dict[str, list[dict]]:

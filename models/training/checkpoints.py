@@ -50,6 +50,16 @@ def open_folder(directory: str | os.PathLike, settings: dict) -> Path:
   return root
 
 
+def load_saved_runs(folder: str | os.PathLike) -> list[dict]:
+  """Every finished run kept in ``folder`` (``RunCheckpoints(..., results=folder)``), in name
+  order; none if the folder does not exist."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    return []
+  paths = sorted(p for p in folder.glob('*.json') if p.name != SETTINGS_FILE)
+  return [results.read_json(path) for path in paths]
+
+
 class RunCheckpoints:
   """The checkpoints of one run (one setup and seed) of a comparison.
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from models.optim import registry
-from models.reporting import results as results_lib
 from models.reporting import stats
 from models.training import search
-from models.training.checkpoints import SETTINGS_FILE
+from models.training.checkpoints import load_saved_runs
 
 NONE = 'none'  # The setup of the model without a table.
 
@@ -28,11 +27,7 @@ def runs_dir(out: Path, steps: int) -> Path:
 
 def load_runs(out: Path, steps: int) -> list[dict]:
   """Every finished run of ``steps`` steps saved under ``out``, in name order."""
-  folder = runs_dir(out, steps)
-  if not folder.is_dir():
-    return []
-  paths = sorted(p for p in folder.glob('*.json') if p.name != SETTINGS_FILE)
-  return [results_lib.read_json(path) for path in paths]
+  return load_saved_runs(runs_dir(out, steps))
 
 
 def _losses_finite(runs: Sequence[dict]) -> bool:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bench.scaling.status import load_runs
 from models.optim.registry import Setup, plot_style
 from models.reporting import tables
+from models.training.checkpoints import load_saved_runs
 from models.training.sweep import MUON_PAIR, RATE_PAIRS, TABLE_PEERS, Sweep
 
 
@@ -231,7 +231,7 @@ def plot_all(sweep: Sweep, result: dict, out: Path) -> None:
 
 def _plot_point_curves(ax, runs_dir: Path, best: dict) -> None:
   """Each setup's validation curve at its ``best`` rate, averaged over seeds, on ``ax``."""
-  runs = load_runs(runs_dir)
+  runs = load_saved_runs(runs_dir)
   late = []
   for setup, b in best.items():
     mine = [r for r in runs if r['setup'] == setup and r['lr'] == b['best_lr']]

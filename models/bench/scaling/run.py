@@ -47,11 +47,12 @@ from models.bench.scaling.config import (
   selected_points,
   table_rate_config,
 )
-from models.bench.scaling.status import load_runs, point_status, shared_span
+from models.bench.scaling.status import point_status, shared_span
 from models.bench.scaling.summary import summarize
 from models.data import corpus as data_lib
 from models.reporting import results as results_lib
 from models.training import search
+from models.training.checkpoints import load_saved_runs
 from models.training.sweep import SWEEPS, TABLE_RATES, Point, Sweep, body_rates
 
 PROG = 'python -m models.bench.scaling'
@@ -82,7 +83,7 @@ def run_scaling(config: ScalingConfig, verbose: bool = True) -> dict:
       grown = dataclasses.replace(bench, setups=setups, lrs=grid)
       search.run_search(grown, verbose=verbose, preset=preset, corpus=corpus, runs_dir=runs_dir)
     while True:  # Widen each grid to the span of every setup's best, until the span holds still.
-      runs = load_runs(runs_dir)
+      runs = load_saved_runs(runs_dir)
       span = shared_span(sweep, point, runs)
       missing = {
         setup: span[setup] - {r['lr'] for r in runs if r['setup'] == setup}
@@ -113,7 +114,7 @@ def run_table_rates(
   A grid point where the tables' rate equals the body's is the learning-rate sweep's run at that
   rate (the same computation), so it is taken from there instead of trained again.
   """
-  runs = load_runs(out / point.name / 'runs')
+  runs = load_saved_runs(out / point.name / 'runs')
   if point_status(sweep, point, runs) != 'complete':
     return
   best = {

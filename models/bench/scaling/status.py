@@ -9,24 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import math
-from pathlib import Path
 
 from models.optim.registry import Setup
-from models.reporting import results as results_lib
-from models.training import checkpoints as checkpoints_lib
 from models.training import search
 from models.training.sweep import Point, Sweep
-
-
-def load_runs(runs_dir: Path) -> list[dict]:
-  """The finished runs saved in ``runs_dir`` (none if it does not exist)."""
-  if not runs_dir.is_dir():
-    return []
-  return [
-    results_lib.read_json(path)
-    for path in sorted(runs_dir.glob('*.json'))
-    if path.name != checkpoints_lib.SETTINGS_FILE
-  ]
 
 
 def point_status(sweep: Sweep, point: Point, runs: Sequence[dict]) -> str:

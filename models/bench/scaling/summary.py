@@ -15,7 +15,7 @@ import numpy as np
 
 from models.bench.scaling.config import ScalingConfig, point_config, table_rate_config
 from models.bench.scaling.report import format_tables, plot_all
-from models.bench.scaling.status import grid_status, load_runs, point_status
+from models.bench.scaling.status import grid_status, point_status
 from models.reporting import results as results_lib
 from models.reporting import search as search_report
 from models.reporting import stats
@@ -37,7 +37,7 @@ def summarize(sweep: Sweep, config: ScalingConfig, out: Path, verbose: bool = Tr
   points = {}
   for point in sweep.points():
     folder = out / point.name
-    runs = load_runs(folder / 'runs')
+    runs = checkpoints_lib.load_saved_runs(folder / 'runs')
     status = point_status(sweep, point, runs)
     bench, preset = point_config(sweep, point, config, out)
     entry = {
@@ -127,7 +127,7 @@ def summarize_table_rates(
     best rate). Also writes the sub-folder's ``bench.json`` and ``bench.md``.
   """
   folder = out / point.name / TABLE_RATES
-  runs = load_runs(folder / 'runs')
+  runs = checkpoints_lib.load_saved_runs(folder / 'runs')
   body_lrs = body_rates(point, {s: b['best_lr'] for s, b in best.items()})
   if not runs or not body_lrs:
     return {'status': 'not run'}

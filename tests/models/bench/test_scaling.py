@@ -8,6 +8,7 @@ import pytest
 
 from models.bench.scaling import config, run, status
 from models.reporting import results
+from models.training.checkpoints import load_saved_runs
 from models.training.presets import SIZES
 from models.training.sweep import MUON_PAIR, SWEEPS, TABLE_RATES, Point
 
@@ -99,7 +100,7 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
     for setup, best in point['best'].items():
       assert best['best_lr'] in best['grid']
       assert best['seeds'] == [0, 1], (name, setup)
-    runs = status.load_runs(out / name / 'runs')
+    runs = load_saved_runs(out / name / 'runs')
     assert len(runs) == point['runs'] and all(r['train_time_s'] > 0 for r in runs)
     results.read_json(out / name / 'bench.json')
   muon = saved['points']['t16-b2']['paired_muon']['adamw+muon']
@@ -119,10 +120,10 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
     assert rates['paired'][adam]['seeds'] == [0, 1]
   body_lr = rates['best']['adamw']['body_lr']
   reused = [
-    r for r in status.load_runs(out / 't16-b2' / 'runs')
+    r for r in load_saved_runs(out / 't16-b2' / 'runs')
     if r['setup'] in ('ember', 'adamw') and r['lr'] == body_lr
   ]  # fmt: skip
-  rate_runs = status.load_runs(out / 't16-b2' / TABLE_RATES / 'runs')
+  rate_runs = load_saved_runs(out / 't16-b2' / TABLE_RATES / 'runs')
   assert reused and all(run in rate_runs for run in reused)  # Rate 1: the lr sweep's own runs.
   assert "### Each setup's tables at their own rate" in (out / 'scaling.md').read_text()
   for png in ('gap_vs_params', 'gap_vs_batch', 'best_lr_vs_batch', 'curves_extremes'):
@@ -137,7 +138,7 @@ def test_tiny_sweep_writes_resumes_and_summarizes(corpus_dir, cache_dir, tmp_pat
   capsys.readouterr()
   again = run.main(argv)
   printed = capsys.readouterr().out
-  rate_runs = len(status.load_runs(out / 't16-b2' / TABLE_RATES / 'runs'))
+  rate_runs = len(load_saved_runs(out / 't16-b2' / TABLE_RATES / 'runs'))
   finished = sum(p['runs'] for p in saved['points'].values()) + rate_runs
   assert printed.count('finished earlier') == finished - 1
   after = json.loads(lost.read_text())
