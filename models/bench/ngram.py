@@ -244,11 +244,7 @@ def time_setups(config: NgramBenchConfig, shared: Comparison, out: Path) -> dict
   medians = {setup: [] for setup in todo}
   for _ in range(config.time_passes):
     for setup in todo:
-      if setup == ngram_summary.NONE:
-        run = NgramRun(None, None, None, 0)
-      else:
-        tables, _, rows = setup.partition('@2^')
-        run = NgramRun(int(rows), tables, best[setup], 0)
+      run = NgramRun.of_setup(setup, best.get(setup), seed=0)
       seconds = time_steps(shared, run, config.time_steps)
       medians[setup].append(float(np.median(seconds)))
       if config.progress:

@@ -65,6 +65,19 @@ class NgramRun:
     """The run's setup as tables report it: ``none``, or ``<tables>@2^<log_rows>``."""
     return 'none' if self.log_rows is None else f'{self.tables}@2^{self.log_rows}'
 
+  @classmethod
+  def of_setup(cls, setup: str, table_lr: float | None, seed: int) -> NgramRun:
+    """The run of ``setup`` (as :attr:`setup` names it) at ``table_lr`` and ``seed``.
+
+    Example:
+      >>> NgramRun.of_setup('ember@2^20', 0.01, seed=0).name
+      'ember-rows2^20-lr0.01-seed0'
+    """
+    if setup == 'none':
+      return cls(None, None, None, seed)
+    tables, _, rows = setup.partition('@2^')
+    return cls(int(rows), tables, table_lr, seed)
+
 
 def table_optimizer(run: NgramRun, schedule: Callable, hyper: registry.Hyperparameters) -> Any:
   """The n-gram table's optimizer: the sparse form of ``run.tables`` if it has one, else its
