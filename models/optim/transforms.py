@@ -171,6 +171,15 @@ def table_schedule(
   return rate
 
 
+def scaled_rate(learning_rate: optax.ScalarOrSchedule, scale: float) -> optax.ScalarOrSchedule:
+  """``learning_rate`` (a number or a schedule) times ``scale``."""
+  if scale == 1:
+    return learning_rate
+  if callable(learning_rate):
+    return lambda count: scale * learning_rate(count)
+  return scale * learning_rate
+
+
 def every(transform: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
   """``transform`` applied every ``steps`` steps to the mean of their gradients (a zero update
   between), by ``optax.MultiSteps``, which keeps one accumulator the size of the parameters."""

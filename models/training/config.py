@@ -21,11 +21,11 @@ from models.nets.gpt import GPTConfig
 from models.optim.registry import (
   BODIES,
   TABLE_OPTIMIZERS,
-  TABLE_OPTIONS,
   Hyperparameters,
   Setup,
   default_setups,
 )
+from models.optim.setups import TABLE_OPTIONS
 from models.training.presets import PRESETS, Preset
 
 # The main job's comparison: the body always gets AdamW; the setups differ on the token tables.
@@ -71,7 +71,7 @@ class TrainConfig:
     f'optimizer setups to compare, each TABLES or TABLES+BODY: table optimizer '
     f'{"/".join(TABLE_OPTIMIZERS)}, body {"/".join(BODIES)} (adamw if not named); the tables '
     f'take options after commas, e.g. ember,head=adamw,b2=0.99+muon (options: '
-    f'{", ".join(TABLE_OPTIONS)}; see models.optim.registry.Setup)',
+    f'{", ".join(TABLE_OPTIONS)}; see models.optim.setups.Setup)',
   )
   seeds: tuple[int, ...] = option(
     (0,), 'seeds; each one sets the initialization and the batch order'

@@ -16,11 +16,11 @@ import pytest
 import ember_optax
 from models import train
 from models.nets.gpt import GPT, HEAD_PATH, table_labels
-from models.optim import registry
+from models.optim import registry, setups
 from models.training.config import TrainConfig, resolve
 from models.training.presets import PRESETS
 
-Setup = registry.Setup
+Setup = setups.Setup
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,7 @@ Setup = registry.Setup
   [
     ('ember', 'ember'),
     ('ember,head=adamw+muon', 'ember,head=adamw+muon'),
+    ('ember,head_lr=4,head=adamw+muon', 'ember,head=adamw,head_lr=4+muon'),
     ('ember,every=2,b2=0.990', 'ember,b2=0.99,every=2'),
     ('adamw,b1=0+muon', 'adamw,b1=0+muon'),
     ('ember,eps=1e-10,warmup=60+muon', 'ember,eps=1e-10,warmup=60+muon'),
@@ -50,6 +51,8 @@ def test_names_are_canonical_and_read_back(given, name):
     ('ember,head=ember', 'repeats the tables'),
     ('ember,head=sgd', 'unknown head optimizer'),
     ('ember,every=0', 'every=0 must be >= 1'),
+    ('ember,head_lr=4', 'head_lr is the rate of a head with an optimizer of its own'),
+    ('ember,head=adamw,head_lr=-1', 'head_lr=-1.0 must be >= 0'),
     ('ember,warmup=-1', 'warmup=-1 must be >= 0'),
   ],
 )
@@ -107,6 +110,22 @@ def test_the_head_takes_an_optimizer_of_its_own(tiny):
   v, d = cfg.vocab_size, cfg.d_model
   assert registry.table_state_bytes(state, split) > 2 * v * d * 4
   assert registry.table_state_bytes(state, split) < 2 * v * d * 4 + 2 * (v + d + 1) * 4 + 64
+
+
+def test_head_lr_scales_the_heads_rate_alone(tiny):
+  cfg, params, grads = tiny
+  split = table_labels(params, cfg, head_label=registry.HEAD_LABEL)
+  schedule = optax.linear_schedule(1e-2, 5e-3, 2)  # The rate scales, a schedule too.
+  scaled, _ = _updates(
+    Setup('ember', head='adamw', head_lr=4.0), split, params, grads, 1e-2, schedule
+  )
+  same, _ = _updates(Setup('ember', head='adamw'), split, params, grads, 1e-2, schedule)
+  for step in range(2):
+    np.testing.assert_allclose(
+      _leaf(scaled[step], HEAD_PATH), 4 * _leaf(same[step], HEAD_PATH), rtol=1e-6
+    )
+    for path in (TABLES[0], BODY):
+      np.testing.assert_array_equal(_leaf(scaled[step], path), _leaf(same[step], path))
 
 
 def test_a_head_setup_without_a_head_label_is_refused(tiny):
